@@ -1,0 +1,1 @@
+"""The service: the edges (HTTP, database, Codat, CLI) around the pure handlers."""

@@ -1,0 +1,77 @@
+"""The ``codat-hooks`` command: serve, migrate, and the on-call tools.
+
+Settings are read once here, in each command, never at import.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from service.errors import ConfigError
+from service.settings import Settings, load_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+@click.version_option(package_name="codat-hooks")
+def main() -> None:
+    """codat-hooks: Codat Bill Pay onboarding and connection state, kept from webhooks."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@click.option("--migrate/--no-migrate", default=None,
+              help="Apply migrations first (default: on for SQLite, off for PostgreSQL, where "
+                   "a separate `codat-hooks db upgrade` step runs them once for all replicas).")
+def serve(host: str, port: int, migrate: bool | None) -> None:
+    """Run the receiver and query API (uvicorn, httptools, uvloop)."""
+    import uvicorn
+
+    from service.app import create_app
+    from service.logs import configure_logging
+    from service.migrate import upgrade
+
+    settings = _settings()
+    configure_logging(settings.log_level)
+    try:
+        app = create_app(settings)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    if migrate if migrate is not None else settings.database_url.startswith("sqlite"):
+        upgrade(settings.database_url)
+    uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", log_config=None,
+                access_log=False, timeout_graceful_shutdown=20, proxy_headers=True)
+
+
+@main.group()
+def db() -> None:
+    """Database schema migrations."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply schema migrations (run once before starting replicas on PostgreSQL)."""
+    from service.db import redact_url
+    from service.migrate import upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url, revision)
+    click.echo(f"database {redact_url(settings.database_url)} is at {revision}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,462 @@
+"""One async database interface over SQLite and PostgreSQL, built for the delivery path.
+
+A *unit of work* is an ``async def work(tx) -> T`` that awaits nothing but its :class:`Tx`.
+``Database.write(work)`` runs it in a transaction and returns only after the commit;
+``Database.read(work)`` runs it on a read connection.
+
+SQLite (the embedded default): one writer thread owns the only write connection. It takes every
+unit of work queued since its last commit and runs them in ONE transaction (group commit), so a
+storm of deliveries shares each fsync, yet every caller is answered only after its own commit.
+Because SQLite statements never wait on the network, the writer drives each unit's coroutine to
+completion itself: the event loop is never blocked by a statement or an fsync. Reads run on a
+small pool of reader threads (WAL lets them run beside the writer).
+
+PostgreSQL: each unit of work runs in its own transaction on a pooled asyncpg connection, so
+several receivers and workers share one database; deadlocks between them are retried.
+
+Statements are written once with ``$n`` placeholders (``{lock}`` marks a row lock, which SQLite
+does not need because its single writer already serialises writes) and built for both dialects
+at import. Values: datetimes go in as aware UTC datetimes and come out through :func:`as_dt`;
+JSON goes in and comes out as text (:func:`to_json`, :func:`from_json`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import random
+import re
+import sqlite3
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import asyncpg
+import orjson
+
+from service.errors import DatabaseUnavailable
+
+T = TypeVar("T")
+Row = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Sql:
+    """One statement, built once for each dialect."""
+
+    pg: str
+    sqlite: str
+
+
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+def sql(text: str) -> Sql:
+    """Build a statement from portable text with ``$n`` placeholders and ``{lock}`` markers."""
+    pg = text.replace("{lock}", " FOR UPDATE").replace("{skip_locked}", " FOR UPDATE SKIP LOCKED")
+    lite = _PLACEHOLDER.sub(r"?\1", text.replace("{lock}", "").replace("{skip_locked}", ""))
+    return Sql(pg=pg, sqlite=lite)
+
+
+class Tx(Protocol):
+    """A transaction (or read snapshot) a unit of work runs in."""
+
+    dialect: str
+
+    async def fetchrow(self, q: Sql, *args: Any) -> Row | None: ...
+
+    async def fetch(self, q: Sql, *args: Any) -> Sequence[Row]: ...
+
+    async def fetchval(self, q: Sql, *args: Any) -> Any: ...
+
+    async def execute(self, q: Sql, *args: Any) -> None: ...
+
+
+Work = Callable[[Tx], Coroutine[Any, Any, T]]
+
+
+def as_dt(value: Any) -> datetime | None:
+    """A stored timestamp as an aware UTC datetime (SQLite keeps them as text)."""
+    if value is None or isinstance(value, datetime):
+        return value
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def to_json(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+def from_json(value: Any) -> Any:
+    return None if value is None else orjson.loads(value)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Database(ABC):
+    """The interface the rest of the service uses; see the module docstring."""
+
+    dialect: str
+    url: str
+
+    @abstractmethod
+    async def start(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def write(self, work: Work[T]) -> T: ...
+
+    @abstractmethod
+    async def read(self, work: Work[T]) -> T: ...
+
+
+def open_database(url: str, *, pool_size: int = 8, sqlite_synchronous: str = "FULL",
+                  sqlite_busy_timeout_ms: int = 10_000) -> Database:
+    """The database for a ``DATABASE_URL`` (not yet started)."""
+    if url.startswith("sqlite"):
+        return SqliteDatabase(url, synchronous=sqlite_synchronous,
+                              busy_timeout_ms=sqlite_busy_timeout_ms)
+    return PostgresDatabase(url, pool_size=pool_size)
+
+
+def sqlite_path(url: str) -> str:
+    """``sqlite:///relative.db`` or ``sqlite:////absolute.db`` -> a file path."""
+    path = url.split("://", 1)[1]
+    path = path[1:] if path.startswith("/") else path
+    if not path or path == ":memory:":
+        raise ValueError("SQLite needs a file (WAL and several processes): sqlite:///PATH")
+    return unquote(path)
+
+
+def postgres_dsn(url: str) -> str:
+    """A URL asyncpg accepts (drops a SQLAlchemy ``+driver`` suffix)."""
+    scheme, rest = url.split("://", 1)
+    return "postgresql://" + rest if scheme.startswith("postgres") else url
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for logs and status output."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+def _drive(coro: Coroutine[Any, Any, T]) -> T:
+    # A SQLite unit of work never suspends (its Tx awaits nothing real), so one send() runs it
+    # to the end. If it did suspend, it awaited something else: that is a programming error.
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    coro.close()
+    raise RuntimeError("a unit of work awaited something other than its transaction")
+
+
+_SQLITE_DT = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def _sqlite_arg(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).strftime(_SQLITE_DT)
+    return value
+
+
+class _SqliteTx:
+    dialect = "sqlite"
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def _run(self, q: Sql, args: tuple[Any, ...]) -> sqlite3.Cursor:
+        return self._conn.execute(q.sqlite, [_sqlite_arg(a) for a in args])
+
+    async def fetchrow(self, q: Sql, *args: Any) -> Row | None:
+        row: Row | None = self._run(q, args).fetchone()
+        return row
+
+    async def fetch(self, q: Sql, *args: Any) -> Sequence[Row]:
+        rows: list[Row] = self._run(q, args).fetchall()
+        return rows
+
+    async def fetchval(self, q: Sql, *args: Any) -> Any:
+        row = self._run(q, args).fetchone()
+        return None if row is None else row[0]
+
+    async def execute(self, q: Sql, *args: Any) -> None:
+        self._run(q, args)
+
+
+@dataclass(slots=True)
+class _Job:
+    work: Work[Any]
+    future: asyncio.Future[Any]
+    loop: asyncio.AbstractEventLoop
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # the caller went away (cancelled); the commit stands regardless
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
+
+
+_STOP = object()
+
+
+class SqliteDatabase(Database):
+    """SQLite in WAL mode: one writer thread with group commit, reader threads beside it."""
+
+    dialect = "sqlite"
+
+    def __init__(self, url: str, *, synchronous: str = "FULL", busy_timeout_ms: int = 10_000,
+                 readers: int = 2, max_batch: int = 256) -> None:
+        self.url = url
+        self._busy_timeout_ms = busy_timeout_ms
+        self.path = sqlite_path(url)
+        self._synchronous = synchronous
+        self._max_batch = max_batch
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="sqlite-read")
+        self._local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=self._busy_timeout_ms / 1000, cached_statements=256)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+        return conn
+
+    async def start(self) -> None:
+        conn = self._connect()  # fails here, loudly, if the file cannot be opened
+        self._writer = threading.Thread(target=self._write_loop, args=(conn,),
+                                        name="sqlite-writer", daemon=True)
+        self._writer.start()
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._queue.put(_STOP)  # queued work before it is still committed: a drain
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
+        self._readers.shutdown(wait=True)
+        with self._lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+
+    async def write(self, work: Work[T]) -> T:
+        if self._writer is None:
+            raise DatabaseUnavailable("the database is not open")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Job(work, future, loop))
+        return await future
+
+    async def read(self, work: Work[T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._read_sync, work)
+
+    def _read_sync(self, work: Work[T]) -> T:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only=ON")
+            self._local.conn = conn
+            with self._lock:
+                self._reader_conns.append(conn)
+        try:
+            conn.execute("BEGIN")  # one snapshot for the whole unit of work
+            try:
+                return _drive(work(_SqliteTx(conn)))
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            raise DatabaseUnavailable(f"SQLite read failed: {exc}") from exc
+
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _STOP:
+                    return
+                batch = [item]
+                stop = False
+                while len(batch) < self._max_batch:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is _STOP:
+                        stop = True
+                        break
+                    batch.append(more)
+                self._commit_batch(conn, batch)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _commit_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        tx = _SqliteTx(conn)
+        results: list[Any] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            self._fail_all(batch, exc)
+            return
+        try:
+            for job in batch:
+                results.append(_drive(job.work(tx)))
+        except Exception:
+            # One unit failed: undo the batch and give every unit a transaction of its own, so
+            # only the failing one fails. Rare, so simple beats clever here.
+            conn.rollback()
+            for job in batch:
+                self._commit_one(conn, job)
+            return
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.rollback()
+            self._fail_all(batch, exc)
+            return
+        for job, result in zip(batch, results, strict=True):
+            self._resolve(job, result, None)
+
+    def _commit_one(self, conn: sqlite3.Connection, job: _Job) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            result = _drive(job.work(_SqliteTx(conn)))
+            conn.execute("COMMIT")
+        except Exception as exc:
+            if conn.in_transaction:
+                conn.rollback()
+            error = (DatabaseUnavailable(f"SQLite write failed: {exc}")
+                     if isinstance(exc, sqlite3.OperationalError) else exc)
+            self._resolve(job, None, error)
+            return
+        self._resolve(job, result, None)
+
+    def _fail_all(self, batch: list[_Job], exc: BaseException) -> None:
+        for job in batch:
+            self._resolve(job, None, DatabaseUnavailable(f"SQLite write failed: {exc}"))
+
+    @staticmethod
+    def _resolve(job: _Job, result: Any, error: BaseException | None) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
+            job.loop.call_soon_threadsafe(_settle, job.future, result, error)
+
+
+class _PgTx:
+    dialect = "postgresql"
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def fetchrow(self, q: Sql, *args: Any) -> Row | None:
+        row: Row | None = await self._conn.fetchrow(q.pg, *args)
+        return row
+
+    async def fetch(self, q: Sql, *args: Any) -> Sequence[Row]:
+        rows: list[Row] = await self._conn.fetch(q.pg, *args)
+        return rows
+
+    async def fetchval(self, q: Sql, *args: Any) -> Any:
+        return await self._conn.fetchval(q.pg, *args)
+
+    async def execute(self, q: Sql, *args: Any) -> None:
+        await self._conn.execute(q.pg, *args)
+
+
+# Errors that mean "the database cannot be written now" rather than "our code is wrong".
+_PG_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,  # includes ConnectionError and TimeoutError
+    asyncpg.InterfaceError,  # includes ConnectionDoesNotExistError
+    asyncpg.PostgresConnectionError,  # class 08
+    asyncpg.CannotConnectNowError,
+    asyncpg.InsufficientResourcesError,  # class 53: disk full, out of memory, too many clients
+    asyncpg.OperatorInterventionError,  # class 57: admin shutdown, crash shutdown
+    asyncpg.ReadOnlySQLTransactionError,  # a standby, or a primary gone read-only
+    asyncpg.UndefinedTableError,  # migrations not applied yet
+)
+_PG_RETRY: tuple[type[BaseException], ...] = (
+    asyncpg.DeadlockDetectedError, asyncpg.SerializationError,
+)
+
+
+class PostgresDatabase(Database):
+    """PostgreSQL through an asyncpg pool; each unit of work is its own transaction."""
+
+    dialect = "postgresql"
+
+    def __init__(self, url: str, *, pool_size: int = 8, acquire_timeout: float = 5.0) -> None:
+        self.url = url
+        self._dsn = postgres_dsn(url)
+        self._pool_size = pool_size
+        self._acquire_timeout = acquire_timeout
+        self._pool: asyncpg.Pool | None = None
+
+    async def start(self) -> None:
+        # min_size=0: start even while the database is down; /readyz says so until it is back.
+        self._pool = await asyncpg.create_pool(
+            self._dsn, min_size=0, max_size=self._pool_size, command_timeout=30,
+            timeout=self._acquire_timeout,
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def write(self, work: Work[T]) -> T:
+        for attempt in range(5):
+            try:
+                return await self._run(work, transaction=True)
+            except _PG_RETRY:
+                await asyncio.sleep(random.uniform(0, 0.02 * 2**attempt))
+        raise DatabaseUnavailable("PostgreSQL kept reporting deadlocks; try again")
+
+    async def read(self, work: Work[T]) -> T:
+        return await self._run(work, transaction=False)
+
+    async def _run(self, work: Work[T], *, transaction: bool) -> T:
+        if self._pool is None:
+            raise DatabaseUnavailable("the database is not open")
+        try:
+            async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
+                if not transaction:
+                    return await work(_PgTx(conn))
+                async with conn.transaction():
+                    return await work(_PgTx(conn))
+        except _PG_UNAVAILABLE as exc:
+            raise DatabaseUnavailable(f"PostgreSQL unavailable: {type(exc).__name__}: {exc}") \
+                from exc
+
+
+async def with_database(url: str, fn: Callable[[Database], Awaitable[T]], **options: Any) -> T:
+    """Open a database, run ``fn`` with it, close it (for the CLI and scripts)."""
+    db = open_database(url, **options)
+    await db.start()
+    try:
+        return await fn(db)
+    finally:
+        await db.close()

@@ -1,0 +1,47 @@
+"""Errors at the service's edges. Each family belongs to one boundary.
+
+ConfigError              a setting is missing or malformed (start-up stops)
+ReceiverError            a delivery is refused before anything is stored
+  ├─ PayloadTooLarge     413
+  ├─ MissingHeaders      400
+  └─ InvalidSignature    401
+DatabaseUnavailable      the database cannot be written now (503 with Retry-After)
+"""
+
+from __future__ import annotations
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+class ReceiverError(Exception):
+    """A delivery refused before anything was stored."""
+
+    status_code = 400
+
+
+class PayloadTooLarge(ReceiverError):
+    """The body is larger than WEBHOOK_MAX_BODY_BYTES."""
+
+    status_code = 413
+
+
+class MissingHeaders(ReceiverError):
+    """The svix-*/webhook-* id, timestamp or signature header is missing."""
+
+    status_code = 400
+
+
+class InvalidSignature(ReceiverError):
+    """Verification failed, whatever the reason; ``reason`` is a short label for metrics."""
+
+    status_code = 401
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"signature verification failed: {reason}")
+        self.reason = reason
+
+
+class DatabaseUnavailable(Exception):
+    """The database cannot be reached or written now; the caller should retry later."""

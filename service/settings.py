@@ -1,0 +1,114 @@
+"""Settings, read once from the environment (and a .env file) at start-up, never at import."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.errors import ConfigError
+
+_SPLIT = re.compile(r"[\s,]+")
+SVIX_MAX_TOLERANCE = 300  # svix's verify() enforces its own fixed five-minute window
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSecret:
+    """One signing secret and a stable, non-secret id for it (logged, stored, in metrics)."""
+
+    value: str
+    id: str
+
+    def __repr__(self) -> str:
+        return f"WebhookSecret(id={self.id!r})"
+
+
+def _split(raw: str) -> list[str]:
+    return [part for part in _SPLIT.split(raw.strip()) if part]
+
+
+def parse_webhook_secrets(raw: str) -> tuple[WebhookSecret, ...]:
+    """``whsec_<base64>`` secrets separated by commas or spaces; raises ValueError if malformed."""
+    parts = _split(raw)
+    if not parts:
+        raise ValueError("at least one whsec_... secret is required")
+    secrets = []
+    for position, part in enumerate(parts, start=1):
+        if not part.startswith("whsec_"):
+            raise ValueError(f"secret #{position} does not start with 'whsec_'")
+        encoded = part.removeprefix("whsec_").rstrip("=")
+        try:
+            key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"secret #{position} is not valid base64 after 'whsec_'") from None
+        if not key:
+            raise ValueError(f"secret #{position} is empty after 'whsec_'")
+        secrets.append(WebhookSecret(part, "whsec:" + hashlib.sha256(key).hexdigest()[:12]))
+    return tuple(secrets)
+
+
+class Settings(BaseSettings):
+    """Every setting, with its default. ``deploy/env.example`` lists the same."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    codat_webhook_secrets: SecretStr = Field(default=SecretStr(""))
+    database_url: str = "sqlite:///./codat-hooks.db"
+    webhook_tolerance_seconds: int = Field(default=300, ge=1, le=SVIX_MAX_TOLERANCE)
+    webhook_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    service_api_tokens: SecretStr = Field(default=SecretStr(""))
+    # SQLite durability: FULL survives power loss (WAL fsync on every group commit); NORMAL
+    # survives a process kill but may lose the last commits on power loss.
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    # How long a SQLite write waits for a lock held by another process (the CLI) before 503.
+    sqlite_busy_timeout_ms: int = Field(default=10_000, ge=0)
+    db_pool_size: int = Field(default=8, ge=1, le=100)
+    db_retry_after_seconds: int = Field(default=5, ge=1)
+    log_level: str = "INFO"
+
+    @field_validator("codat_webhook_secrets")
+    @classmethod
+    def _secrets_are_well_formed(cls, value: SecretStr) -> SecretStr:
+        # Empty is allowed here (the CLI needs no secret); the receiver refuses to start without.
+        if value.get_secret_value().strip():
+            parse_webhook_secrets(value.get_secret_value())
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite://", "postgresql://", "postgresql+asyncpg://",
+                                 "postgres://")):
+            raise ValueError("must be a sqlite:///PATH or postgresql://... URL")
+        return value
+
+    @property
+    def webhook_secrets(self) -> tuple[WebhookSecret, ...]:
+        """The signing secrets; raises ConfigError naming the variable when there are none."""
+        try:
+            return parse_webhook_secrets(self.codat_webhook_secrets.get_secret_value())
+        except ValueError as exc:
+            raise ConfigError(f"invalid configuration: CODAT_WEBHOOK_SECRETS: {exc}") from None
+
+    @property
+    def api_tokens(self) -> frozenset[str]:
+        return frozenset(_split(self.service_api_tokens.get_secret_value()))
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings once; a bad value stops start-up with a message naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]).upper() if error["loc"] else "settings"
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(f"{name}: {message}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None

@@ -1,0 +1,320 @@
+"""Repository functions for the write paths: deliveries, companies, connections, history, outbox.
+
+Every statement is built once at import (:func:`service.db.sql`) and each function takes the
+transaction as ``tx``. Nothing here decides anything: the handlers decide, this writes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from schemas.commands import Command, ConnectionSnapshot, Move
+from schemas.events import CompanyInfo, ConnectionInfo, DataTypeRead, WriteCompleted
+from schemas.state import State
+from service.db import Row, Tx, as_dt, sql, to_json
+
+DEFAULT_MAX_ATTEMPTS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class NewDelivery:
+    """A verified delivery, ready to store."""
+
+    message_id: str
+    timestamp: int
+    body: bytes
+    sha256: str
+    secret_id: str
+    headers: dict[str, str]
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFacts:
+    """What parsing found out about a delivery, stored on its row."""
+
+    event_id: str | None
+    event_type: str | None
+    company_id: str | None
+    connection_id: str | None
+    outcome: str
+    error: str | None
+
+
+_INSERT_DELIVERY = sql("""
+INSERT INTO deliveries (message_id, msg_timestamp, event_id, event_type, company_id,
+    connection_id, body, body_sha256, headers, secret_id, received_at, processed_at, outcome,
+    error, attempts)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, 1)
+ON CONFLICT (message_id) DO NOTHING
+RETURNING message_id""")
+
+_LOCK_DELIVERY = sql(
+    "SELECT body_sha256, outcome FROM deliveries WHERE message_id = $1{lock}")
+
+_REPROCESS_DELIVERY = sql("""
+UPDATE deliveries SET event_id = $2, event_type = $3, company_id = $4, connection_id = $5,
+    outcome = $6, error = $7, processed_at = $8, attempts = attempts + 1
+WHERE message_id = $1""")
+
+# A failure is recorded after the rollback, in a transaction of its own. It never overwrites a
+# row that a concurrent copy of the same message has since processed.
+_RECORD_FAILURE = sql("""
+INSERT INTO deliveries (message_id, msg_timestamp, event_id, event_type, company_id,
+    connection_id, body, body_sha256, headers, secret_id, received_at, processed_at, outcome,
+    error, attempts)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, 'failed', $12, 1)
+ON CONFLICT (message_id) DO UPDATE SET error = excluded.error,
+    processed_at = excluded.processed_at, attempts = deliveries.attempts + 1
+WHERE deliveries.outcome = 'failed' AND deliveries.body_sha256 = excluded.body_sha256""")
+
+_INSERT_CONFLICT = sql("""
+INSERT INTO delivery_conflicts (message_id, body_sha256, body, secret_id, received_at)
+VALUES ($1, $2, $3, $4, $5)""")
+
+
+async def insert_delivery(tx: Tx, *, delivery: NewDelivery, facts: DeliveryFacts) -> bool:
+    """Store a delivery; False if its message id is already stored (a redelivery)."""
+    row = await tx.fetchrow(
+        _INSERT_DELIVERY, delivery.message_id, delivery.timestamp, facts.event_id,
+        facts.event_type, facts.company_id, facts.connection_id, delivery.body, delivery.sha256,
+        to_json(delivery.headers), delivery.secret_id, delivery.received_at, facts.outcome,
+        facts.error)
+    return row is not None
+
+
+async def lock_delivery(tx: Tx, *, message_id: str) -> Row | None:
+    """The stored body hash and outcome of a message, locked until the transaction ends."""
+    return await tx.fetchrow(_LOCK_DELIVERY, message_id)
+
+
+async def reprocess_delivery(tx: Tx, *, message_id: str, facts: DeliveryFacts,
+                             now: datetime) -> None:
+    await tx.execute(_REPROCESS_DELIVERY, message_id, facts.event_id, facts.event_type,
+                     facts.company_id, facts.connection_id, facts.outcome, facts.error, now)
+
+
+async def record_failure(tx: Tx, *, delivery: NewDelivery, facts: DeliveryFacts,
+                         error: str) -> None:
+    await tx.execute(
+        _RECORD_FAILURE, delivery.message_id, delivery.timestamp, facts.event_id,
+        facts.event_type, facts.company_id, facts.connection_id, delivery.body, delivery.sha256,
+        to_json(delivery.headers), delivery.secret_id, delivery.received_at, error)
+
+
+async def record_conflict(tx: Tx, *, delivery: NewDelivery) -> None:
+    await tx.execute(_INSERT_CONFLICT, delivery.message_id, delivery.sha256, delivery.body,
+                     delivery.secret_id, delivery.received_at)
+
+
+# --- companies -------------------------------------------------------------------------------
+
+_UPSERT_COMPANY = sql("""
+INSERT INTO companies (id, name, description, tags, redirect, products, created, deleted,
+    bill_pay_ready, last_event_at, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, FALSE, FALSE, $8, $9, $9)
+ON CONFLICT (id) DO UPDATE SET
+    name = COALESCE(excluded.name, companies.name),
+    description = COALESCE(excluded.description, companies.description),
+    tags = COALESCE(excluded.tags, companies.tags),
+    redirect = COALESCE(excluded.redirect, companies.redirect),
+    products = COALESCE(excluded.products, companies.products),
+    created = COALESCE(excluded.created, companies.created),
+    last_event_at = COALESCE(excluded.last_event_at, companies.last_event_at),
+    updated_at = excluded.updated_at
+WHERE companies.last_event_at IS NULL OR excluded.last_event_at IS NULL
+    OR excluded.last_event_at >= companies.last_event_at""")
+
+_INSERT_COMPANY_IF_MISSING = sql("""
+INSERT INTO companies (id, deleted, bill_pay_ready, created_at, updated_at)
+VALUES ($1, FALSE, FALSE, $2, $2) ON CONFLICT (id) DO NOTHING""")
+
+_DELETE_COMPANY = sql("""
+UPDATE companies SET deleted = TRUE, deleted_at = COALESCE(deleted_at, $2), bill_pay_ready = FALSE,
+    updated_at = $2
+WHERE id = $1""")
+
+
+async def upsert_company(tx: Tx, *, company: CompanyInfo, event_time: datetime | None,
+                         now: datetime) -> None:
+    """Create the company or refresh what the event says of it (an older event changes nothing)."""
+    if company.name is None and company.tags is None and company.redirect is None \
+            and company.products is None:
+        await tx.execute(_INSERT_COMPANY_IF_MISSING, company.id, now)
+        return
+    await tx.execute(
+        _UPSERT_COMPANY, company.id, company.name, company.description, to_json(company.tags),
+        company.redirect, to_json(company.products), company.created, event_time, now)
+
+
+async def mark_company_deleted(tx: Tx, *, company_id: str, now: datetime) -> None:
+    await tx.execute(_DELETE_COMPANY, company_id, now)
+
+
+# --- connections -----------------------------------------------------------------------------
+
+_LOCK_CONNECTION = sql("""
+SELECT id, company_id, status, deleted, last_event_at FROM connections WHERE id = $1{lock}""")
+
+_INSERT_PLACEHOLDER = sql("""
+INSERT INTO connections (id, company_id, deleted, version, created_at, updated_at)
+VALUES ($1, $2, FALSE, 0, $3, $3) ON CONFLICT (id) DO NOTHING""")
+
+_COMPANY_CONNECTIONS_FOR_UPDATE = sql("""
+SELECT id, company_id, status, deleted, last_event_at FROM connections
+WHERE company_id = $1 AND deleted = FALSE ORDER BY id{lock}""")
+
+_APPLY_MOVE = sql("""
+UPDATE connections SET
+    status = COALESCE($2, status), deleted = $3,
+    deleted_at = CASE WHEN $3 THEN COALESCE(deleted_at, $4) ELSE NULL END,
+    last_event_at = COALESCE($5, last_event_at), last_event_id = COALESCE($6, last_event_id),
+    version = version + 1, updated_at = $4
+WHERE id = $1""")
+
+_APPLY_DETAILS = sql("""
+UPDATE connections SET
+    company_id = $2, platform_key = COALESCE($3, platform_key),
+    platform_name = COALESCE($4, platform_name), source_type = COALESCE($5, source_type),
+    integration_id = COALESCE($6, integration_id), source_id = COALESCE($7, source_id),
+    link_url = COALESCE($8, link_url), created = COALESCE($9, created),
+    last_sync = COALESCE($10, last_sync), errors = COALESCE($11, errors)
+WHERE id = $1""")
+
+
+def _snapshot(row: Row, *, exists: bool = True) -> ConnectionSnapshot:
+    return ConnectionSnapshot(
+        id=row["id"], company_id=row["company_id"], exists=exists and row["status"] is not None,
+        state=State.of(row["status"], deleted=bool(row["deleted"])),
+        last_event_at=as_dt(row["last_event_at"]))
+
+
+async def lock_connection(tx: Tx, *, connection_id: str, company_id: str,
+                          now: datetime) -> ConnectionSnapshot:
+    """The connection, locked for this transaction; created (state unknown) if never seen."""
+    row = await tx.fetchrow(_LOCK_CONNECTION, connection_id)
+    if row is None:
+        await tx.execute(_INSERT_PLACEHOLDER, connection_id, company_id, now)
+        row = await tx.fetchrow(_LOCK_CONNECTION, connection_id)
+        assert row is not None
+    return _snapshot(row)
+
+
+async def lock_company_connections(tx: Tx, *, company_id: str) -> list[ConnectionSnapshot]:
+    return [_snapshot(r) for r in await tx.fetch(_COMPANY_CONNECTIONS_FOR_UPDATE, company_id)]
+
+
+async def apply_move(tx: Tx, *, connection_id: str, move: Move, event_time: datetime | None,
+                     event_id: str | None, now: datetime) -> None:
+    """Write an applied move's new state onto the connection."""
+    deleted = move.to_state is State.DELETED
+    status = None if deleted else move.to_state.value
+    await tx.execute(_APPLY_MOVE, connection_id, status, deleted, now, event_time, event_id)
+
+
+async def apply_details(tx: Tx, *, company_id: str, info: ConnectionInfo,
+                        errors: list[dict[str, Any]] | None) -> None:
+    """Refresh what Codat says of a connection (platform, link, errors) alongside a move."""
+    await tx.execute(
+        _APPLY_DETAILS, info.id, company_id, info.platform_key, info.platform_name,
+        info.source_type, info.integration_id, info.source_id, info.link_url, info.created,
+        info.last_sync, to_json(errors))
+
+
+# --- history and outbox ----------------------------------------------------------------------
+
+_INSERT_HISTORY = sql("""
+INSERT INTO connection_history (connection_id, company_id, from_state, to_state, result, source,
+    event_id, event_type, delivery_id, event_time, recorded_at, reason)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+ON CONFLICT (connection_id, event_id, event_type) DO NOTHING
+RETURNING id""")
+
+_INSERT_JOB = sql("""
+INSERT INTO outbox (id, kind, dedupe_key, company_id, connection_id, payload, status, attempts,
+    max_attempts, next_attempt_at, created_at, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $8, $8, $8)
+ON CONFLICT (dedupe_key) DO NOTHING""")
+
+
+@dataclass(frozen=True, slots=True)
+class Cause:
+    """What caused a move, for its history row."""
+
+    event_id: str | None
+    event_type: str | None
+    delivery_id: str | None
+    event_time: datetime | None
+    reason: str | None = None
+
+
+async def record_history(tx: Tx, *, snapshot: ConnectionSnapshot, move: Move, cause: Cause,
+                         now: datetime) -> bool:
+    """Add the move's history row; False if this event was already recorded for the connection."""
+    reason = "; ".join(r for r in (cause.reason, move.reason) if r) or None
+    row = await tx.fetchrow(
+        _INSERT_HISTORY, snapshot.id, snapshot.company_id,
+        move.from_state.value if move.from_state else None, move.to_state.value,
+        move.result.value, move.source.value, cause.event_id, cause.event_type,
+        cause.delivery_id, cause.event_time, now, reason)
+    return row is not None
+
+
+async def enqueue(tx: Tx, *, commands: tuple[Command, ...] | list[Command], now: datetime,
+                  max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
+    """Add follow-up jobs to the outbox (once per dedupe key), in the caller's transaction."""
+    for command in commands:
+        await tx.execute(
+            _INSERT_JOB, uuid.uuid4().hex, command.kind.value, command.dedupe_key,
+            command.company_id, command.connection_id, to_json(command.payload), max_attempts,
+            now)
+
+
+# --- reads, writes, rate limits --------------------------------------------------------------
+
+_UPSERT_DATA_TYPE = sql("""
+INSERT INTO data_type_status (company_id, data_type, connection_id, status, records_modified,
+    issues, event_time, updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT (company_id, data_type) DO UPDATE SET connection_id = excluded.connection_id,
+    status = excluded.status, records_modified = excluded.records_modified,
+    issues = excluded.issues, event_time = excluded.event_time, updated_at = excluded.updated_at
+WHERE data_type_status.event_time IS NULL OR excluded.event_time IS NULL
+    OR excluded.event_time >= data_type_status.event_time""")
+
+_INSERT_WRITE_RESULT = sql("""
+INSERT INTO write_results (event_id, company_id, connection_id, data_type, successful,
+    push_operation_key, operation, status, record_id, event_time, recorded_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+ON CONFLICT (event_id) DO NOTHING""")
+
+_UPSERT_RATE_LIMIT = sql("""
+INSERT INTO rate_limit (id, paused_until, daily_quota, quota_remaining, event_time, updated_at)
+VALUES (1, $1, $2, $3, $4, $5)
+ON CONFLICT (id) DO UPDATE SET paused_until = excluded.paused_until,
+    daily_quota = excluded.daily_quota, quota_remaining = excluded.quota_remaining,
+    event_time = excluded.event_time, updated_at = excluded.updated_at
+WHERE rate_limit.event_time IS NULL OR excluded.event_time >= rate_limit.event_time""")
+
+
+async def record_read(tx: Tx, *, company_id: str, read: DataTypeRead,
+                      event_time: datetime | None, now: datetime) -> None:
+    await tx.execute(_UPSERT_DATA_TYPE, company_id, read.data_type, read.connection_id,
+                     read.status, read.records_modified, to_json(read.issues), event_time, now)
+
+
+async def record_write(tx: Tx, *, write: WriteCompleted, now: datetime) -> None:
+    await tx.execute(
+        _INSERT_WRITE_RESULT, write.meta.event_id, write.company.id, write.connection_id,
+        write.data_type, write.successful, write.push_operation_key, write.operation,
+        write.status, write.record_id, write.meta.generated_at, now)
+
+
+async def record_rate_limit(tx: Tx, *, paused_until: datetime | None, daily_quota: int | None,
+                            quota_remaining: int | None, event_time: datetime | None,
+                            now: datetime) -> None:
+    await tx.execute(_UPSERT_RATE_LIMIT, paused_until, daily_quota, quota_remaining,
+                     event_time, now)

@@ -1,0 +1,523 @@
+"""POST /webhooks/codat through HTTP, on SQLite and PostgreSQL: every rule, status and state."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+import pytest
+
+from tests.conftest import Service
+from tests.factories import (
+    OTHER_SECRET,
+    SECRET_2,
+    at,
+    company_body,
+    connection_body,
+    legacy_body,
+    new_id,
+    read_completed_body,
+    sign,
+)
+
+EMPTY = {"companies": 0, "connections": 0, "connection_history": 0, "deliveries": 0,
+         "delivery_conflicts": 0, "outbox": 0, "data_type_status": 0, "write_results": 0,
+         "rate_limit": 0}
+
+
+async def connection_state(service: Service, connection_id: str) -> dict[str, object]:
+    response = await service.get(f"/v1/connections/{connection_id}")
+    assert response.status_code == 200, response.text
+    data: dict[str, object] = response.json()
+    return data
+
+
+async def history(service: Service, connection_id: str) -> list[dict[str, object]]:
+    response = await service.get(f"/v1/connections/{connection_id}/history")
+    assert response.status_code == 200, response.text
+    results: list[dict[str, object]] = response.json()["results"]
+    return results
+
+
+async def jobs(service: Service) -> list[dict[str, object]]:
+    return await service.rows("SELECT kind, connection_id, status FROM outbox ORDER BY kind")
+
+
+# --- refused before anything is stored ---------------------------------------------------------
+
+async def test_body_over_the_limit_is_413_with_content_length(service: Service) -> None:
+    body = b"x" * (service.settings.webhook_max_body_bytes + 1)
+    response = await service.deliver(body)
+    assert response.status_code == 413
+    assert await service.counts() == EMPTY
+
+
+async def test_body_over_the_limit_is_413_without_content_length(service: Service) -> None:
+    limit = service.settings.webhook_max_body_bytes
+    headers = sign(b"{}")
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(limit // 4096 + 2):
+            yield b"y" * 4096
+
+    response = await service.client.post("/webhooks/codat", content=chunks(), headers=headers)
+    assert "content-length" not in response.request.headers
+    assert response.status_code == 413
+    assert await service.counts() == EMPTY
+
+
+@pytest.mark.parametrize("missing", ["svix-id", "svix-timestamp", "svix-signature"])
+async def test_missing_signature_header_is_400(service: Service, missing: str) -> None:
+    body = connection_body("connection.created", company_id=new_id(), connection_id=new_id(),
+                           status="PendingAuth", generated=at(0))
+    headers = sign(body)
+    del headers[missing]
+    response = await service.client.post("/webhooks/codat", content=body, headers=headers)
+    assert response.status_code == 400
+    assert missing.removeprefix("svix-") in response.json()["error"]
+    assert await service.counts() == EMPTY
+
+
+def _tamper(headers: dict[str, str], case: str, body: bytes) -> tuple[dict[str, str], bytes]:
+    now = int(time.time())
+    if case == "wrong secret":
+        return sign(body, secret=OTHER_SECRET), body
+    if case == "signature of another body":
+        return sign(body + b" "), body
+    if case == "signature of another id":
+        signed = sign(body)
+        return {**signed, "svix-id": "msg_someone_else"}, body
+    if case == "too old":
+        return sign(body, timestamp=now - 301), body
+    if case == "too new":
+        return sign(body, timestamp=now + 301), body
+    if case == "non-integer timestamp":
+        return {**headers, "svix-timestamp": f"{now}.5"}, body
+    if case == "timestamp not a number":
+        return {**headers, "svix-timestamp": "yesterday"}, body
+    if case == "malformed signature header":
+        return {**headers, "svix-signature": "garbage"}, body
+    if case == "bad base64":
+        return {**headers, "svix-signature": "v1,@@not-base64@@"}, body
+    if case == "other scheme only":
+        return {**headers, "svix-signature": headers["svix-signature"].replace("v1,", "v1a,")}, \
+            body
+    if case == "body not utf-8":
+        return sign(body), body + b"\xff\xfe"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", [
+    "wrong secret", "signature of another body", "signature of another id", "too old", "too new",
+    "non-integer timestamp", "timestamp not a number", "malformed signature header",
+    "bad base64", "other scheme only", "body not utf-8"])
+async def test_failed_verification_is_401_and_writes_nothing(service: Service, case: str) -> None:
+    body = connection_body("connection.created", company_id=new_id(), connection_id=new_id(),
+                           status="PendingAuth", generated=at(0))
+    headers, sent = _tamper(sign(body), case, body)
+    response = await service.client.post("/webhooks/codat", content=sent, headers=headers)
+    assert response.status_code == 401, response.text
+    assert await service.counts() == EMPTY
+
+
+# --- stored and applied ------------------------------------------------------------------------
+
+async def test_connection_created_stores_delivery_company_connection_and_history(
+        service: Service) -> None:
+    company, connection = new_id(), new_id()
+    body = connection_body("connection.created", company_id=company, connection_id=connection,
+                           status="PendingAuth", generated=at(0))
+    headers = sign(body)
+    response = await service.client.post("/webhooks/codat", content=body, headers=headers)
+    assert response.status_code == 200
+    assert response.json() == {"outcome": "processed", "disposition": "stored"}
+
+    state = await connection_state(service, connection)
+    assert state["status"] == "PendingAuth"
+    assert state["companyId"] == company
+    assert state["platformKey"] == "qhyg"
+    assert state["linkUrl"].endswith(f"/connections/{connection}/start")  # type: ignore[union-attr]
+    assert state["lastEventAt"] == "2026-11-01T12:00:00Z"
+    [row] = await history(service, connection)
+    assert (row["fromState"], row["toState"], row["result"], row["source"]) == \
+        (None, "PendingAuth", "applied", "webhook")
+    assert row["deliveryId"] == headers["svix-id"]
+    [delivery] = await service.rows(
+        "SELECT body, body_sha256, outcome, secret_id, event_type, company_id FROM deliveries")
+    assert bytes(delivery["body"]) == body  # the exact bytes
+    assert delivery["outcome"] == "processed"
+    assert delivery["event_type"] == "connection.created"
+    assert delivery["company_id"] == company
+    assert delivery["secret_id"].startswith("whsec:")
+    assert await jobs(service) == []
+    company_json = (await service.get(f"/v1/companies/{company}")).json()
+    assert company_json["name"] == "Toft stores"
+    assert company_json["tags"] == {"uid": "customer-42"}
+
+
+async def test_seed_flow_moves_through_the_states(service: Service) -> None:
+    company, connection = new_id(), new_id()
+    steps = [("connection.created", "PendingAuth"), ("connection.connected", "Linked"),
+             ("connection.disconnected", "Unlinked"), ("connection.reconnected", "Linked"),
+             ("connection.disconnected", "Deauthorized")]
+    for second, (event_type, status) in enumerate(steps):
+        body = connection_body(event_type, company_id=company, connection_id=connection,
+                               status=status, generated=at(second))
+        assert (await service.deliver(body)).status_code == 200
+        assert (await connection_state(service, connection))["status"] == status
+    rows = await history(service, connection)
+    moves = [(h["fromState"], h["toState"], h["result"]) for h in rows]
+    assert moves == [(None, "PendingAuth", "applied"), ("PendingAuth", "Linked", "applied"),
+                     ("Linked", "Unlinked", "applied"), ("Unlinked", "Linked", "applied"),
+                     ("Linked", "Deauthorized", "applied")]
+    # Each time it became Linked, a confirm job was enqueued in the same transaction.
+    assert [j["kind"] for j in await jobs(service)] == ["confirm_connection"] * 2
+
+
+async def test_failed_keeps_pending_auth_with_its_errors(service: Service) -> None:
+    company, connection = new_id(), new_id()
+    await service.deliver(connection_body("connection.created", company_id=company,
+                                          connection_id=connection, status="PendingAuth",
+                                          generated=at(0)))
+    errors = [{"statusCode": "403", "statusText": "User cancelled linking",
+               "errorMessage": "User cancelled", "erroredOnUtc": "2026-11-01T12:00:01Z",
+               "status": "Active"}]
+    response = await service.deliver(connection_body(
+        "connection.failed", company_id=company, connection_id=connection, status="PendingAuth",
+        generated=at(1), errors=errors))
+    assert response.status_code == 200
+    state = await connection_state(service, connection)
+    assert state["status"] == "PendingAuth"
+    assert state["errors"] == errors
+
+
+async def test_connection_deleted_marks_it_deleted(service: Service) -> None:
+    company, connection = new_id(), new_id()
+    for second, (event_type, status) in enumerate(
+            [("connection.connected", "Linked"), ("connection.deleted", "Linked")]):
+        await service.deliver(connection_body(event_type, company_id=company,
+                                              connection_id=connection, status=status,
+                                              generated=at(second)))
+    state = await connection_state(service, connection)
+    assert state["deleted"] is True
+    assert state["status"] == "Linked"  # the last status Codat reported
+    assert (await history(service, connection))[-1]["toState"] == "Deleted"
+    # A deleted connection never comes back, even for a newer event.
+    await service.deliver(connection_body("connection.reconnected", company_id=company,
+                                          connection_id=connection, status="Linked",
+                                          generated=at(5)))
+    assert (await connection_state(service, connection))["deleted"] is True
+    assert (await history(service, connection))[-1]["result"] == "rejected"
+
+
+async def test_company_deleted_marks_company_and_connections_deleted(service: Service) -> None:
+    company, first, second = new_id(), new_id(), new_id()
+    for connection in (first, second):
+        await service.deliver(connection_body("connection.created", company_id=company,
+                                              connection_id=connection, status="PendingAuth",
+                                              generated=at(0)))
+    response = await service.deliver(company_body("company.deleted", company_id=company,
+                                                  generated=at(10)))
+    assert response.status_code == 200
+    company_json = (await service.get(f"/v1/companies/{company}")).json()
+    assert company_json["deleted"] is True
+    for connection in (first, second):
+        assert (await connection_state(service, connection))["deleted"] is True
+        assert (await history(service, connection))[-1]["toState"] == "Deleted"
+
+
+async def test_legacy_status_changed_body_is_applied(service: Service) -> None:
+    company, connection = new_id(), new_id()
+    body = legacy_body(company_id=company, connection_id=connection, new_status="Linked",
+                       old_status="PendingAuth")
+    response = await service.deliver(body)
+    assert response.status_code == 200
+    assert response.json()["outcome"] == "processed"
+    state = await connection_state(service, connection)
+    assert (state["status"], state["platformKey"]) == ("Linked", "gbol")
+    # Never seen before, mid-life: confirm it, and reconcile it with Codat.
+    assert sorted(j["kind"] for j in await jobs(service)) == ["confirm_connection",
+                                                              "reconcile_connection"]
+
+
+async def test_legacy_body_from_a_stale_status_is_rejected(service: Service) -> None:
+    company, connection = new_id(), new_id()
+    for event_type, status in (("connection.connected", "Linked"),
+                               ("connection.disconnected", "Unlinked")):
+        await service.deliver(connection_body(event_type, company_id=company,
+                                              connection_id=connection, status=status,
+                                              generated=at(len(event_type))))
+    late = legacy_body(company_id=company, connection_id=connection, new_status="Linked",
+                       old_status="PendingAuth")
+    assert (await service.deliver(late)).status_code == 200
+    assert (await connection_state(service, connection))["status"] == "Unlinked"
+    assert (await history(service, connection))[-1]["result"] == "rejected"
+
+
+async def test_type_key_instead_of_event_type_is_read(service: Service) -> None:
+    connection = new_id()
+    body = connection_body("connection.created", company_id=new_id(), connection_id=connection,
+                           status="PendingAuth", generated=at(0), type_key="type")
+    assert (await service.deliver(body)).json()["outcome"] == "processed"
+    assert (await connection_state(service, connection))["status"] == "PendingAuth"
+
+
+# --- order is not guaranteed -------------------------------------------------------------------
+
+async def test_an_older_event_is_superseded_and_never_moves_backwards(service: Service) -> None:
+    company, connection = new_id(), new_id()
+    await service.deliver(connection_body("connection.connected", company_id=company,
+                                          connection_id=connection, status="Linked",
+                                          generated=at(10)))
+    late = connection_body("connection.created", company_id=company, connection_id=connection,
+                           status="PendingAuth", generated=at(1))
+    response = await service.deliver(late)
+    assert response.status_code == 200
+    state = await connection_state(service, connection)
+    assert state["status"] == "Linked"
+    assert state["lastEventAt"] == "2026-11-01T12:00:10Z"
+    last = (await history(service, connection))[-1]
+    assert (last["fromState"], last["toState"], last["result"]) == \
+        ("Linked", "PendingAuth", "superseded")
+
+
+async def test_a_move_the_table_forbids_is_rejected_and_queues_a_reconcile(
+        service: Service) -> None:
+    company, connection = new_id(), new_id()
+    await service.deliver(connection_body("connection.created", company_id=company,
+                                          connection_id=connection, status="PendingAuth",
+                                          generated=at(0)))
+    # PendingAuth -> Unlinked is not a move Codat makes: do not apply it, ask Codat.
+    response = await service.deliver(connection_body(
+        "connection.disconnected", company_id=company, connection_id=connection,
+        status="Unlinked", generated=at(5)))
+    assert response.status_code == 200
+    assert (await connection_state(service, connection))["status"] == "PendingAuth"
+    last = (await history(service, connection))[-1]
+    assert (last["result"], last["toState"]) == ("rejected", "Unlinked")
+    assert "PendingAuth to Unlinked" in str(last["reason"])
+    assert [(j["kind"], j["connection_id"]) for j in await jobs(service)] == \
+        [("reconcile_connection", connection)]
+
+
+async def test_an_unknown_connection_is_created_from_any_event(service: Service) -> None:
+    company, connection = new_id(), new_id()
+    response = await service.deliver(connection_body(
+        "connection.disconnected", company_id=company, connection_id=connection,
+        status="Deauthorized", generated=at(3)))
+    assert response.status_code == 200
+    state = await connection_state(service, connection)
+    assert state["status"] == "Deauthorized"
+    assert state["platformName"] == "QuickBooks Online"
+    assert [j["kind"] for j in await jobs(service)] == ["reconcile_connection"]
+
+
+# --- duplicates and conflicts ------------------------------------------------------------------
+
+async def test_same_message_again_is_200_and_changes_nothing(service: Service) -> None:
+    body = connection_body("connection.connected", company_id=new_id(), connection_id=new_id(),
+                           status="Linked", generated=at(0))
+    headers = sign(body)
+    first = await service.client.post("/webhooks/codat", content=body, headers=headers)
+    before = await service.counts()
+    second = await service.client.post("/webhooks/codat", content=body, headers=headers)
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert second.json() == {"outcome": "processed", "disposition": "duplicate"}
+    assert await service.counts() == before
+
+
+async def test_same_event_under_a_new_message_id_records_nothing_twice(service: Service) -> None:
+    body = connection_body("connection.connected", company_id=new_id(), connection_id=new_id(),
+                           status="Linked", generated=at(0))
+    await service.deliver(body)
+    before = await service.counts()
+    await service.deliver(body)  # Codat's bulk replay may resend an event as a new message
+    assert await service.counts() == {**before, "deliveries": 2}
+    assert (before["connection_history"], before["outbox"]) == (1, 2)  # confirm + reconcile
+
+
+async def test_same_id_with_another_body_is_409_recorded_and_changes_nothing(
+        service: Service) -> None:
+    company, connection = new_id(), new_id()
+    body = connection_body("connection.created", company_id=company, connection_id=connection,
+                           status="PendingAuth", generated=at(0))
+    headers = sign(body)
+    await service.client.post("/webhooks/codat", content=body, headers=headers)
+    other = connection_body("connection.connected", company_id=company,
+                            connection_id=connection, status="Linked", generated=at(1))
+    response = await service.deliver(other, msg_id=headers["svix-id"])
+    assert response.status_code == 409
+    assert (await connection_state(service, connection))["status"] == "PendingAuth"
+    [conflict] = await service.rows("SELECT message_id, body FROM delivery_conflicts")
+    assert conflict["message_id"] == headers["svix-id"]
+    assert bytes(conflict["body"]) == other
+    delivery = (await service.get(f"/v1/deliveries/{headers['svix-id']}")).json()
+    assert delivery["conflicts"] == 1
+    assert await service.count("outbox") == 0
+
+
+async def test_two_copies_at_the_same_instant_are_applied_once(service: Service) -> None:
+    connection = new_id()
+    body = connection_body("connection.connected", company_id=new_id(),
+                           connection_id=connection, status="Linked", generated=at(0))
+    headers = sign(body)
+    responses = await asyncio.gather(*[
+        service.client.post("/webhooks/codat", content=body, headers=headers) for _ in range(8)])
+    assert [r.status_code for r in responses] == [200] * 8
+    assert sorted(r.json()["disposition"] for r in responses) == ["duplicate"] * 7 + ["stored"]
+    counts = await service.counts()
+    assert (counts["deliveries"], counts["connection_history"], counts["outbox"]) == (1, 1, 2)
+
+
+# --- authentic but unusable --------------------------------------------------------------------
+
+@pytest.mark.parametrize(("body", "outcome", "error"), [
+    (b"this is not json", "unparseable", "not JSON"),
+    (b"[1, 2, 3]", "unparseable", "not a JSON object"),
+    (b'{"id": "e1", "eventType": "connection.created"}', "unparseable", "shape"),
+    (b'{"id": "e2", "eventType": "connection.created", "generatedDate": "2026-11-01T00:00:00Z",'
+     b' "payload": {"referenceCompany": {"id": "c"}, "connection": {"id": "x", '
+     b'"status": "Frobnicated"}}}', "unparseable", "unknown connection status 'Frobnicated'"),
+    (b'{"id": "e3", "eventType": "invoices.sparkled", "generatedDate": "2026-11-01T00:00:00Z",'
+     b' "payload": {}}', "ignored", "not one we act on"),
+])
+async def test_authentic_but_unusable_is_stored_and_acknowledged(
+        service: Service, body: bytes, outcome: str, error: str) -> None:
+    headers = sign(body)
+    response = await service.client.post("/webhooks/codat", content=body, headers=headers)
+    assert response.status_code == 200
+    assert response.json()["outcome"] == outcome
+    stored = (await service.get(f"/v1/deliveries/{headers['svix-id']}",
+                                includeBody="true")).json()
+    assert stored["outcome"] == outcome
+    assert error in stored["error"]
+    assert stored["body"]["text"] == body.decode()
+    counts = await service.counts()
+    assert counts == {**EMPTY, "deliveries": 1}
+
+
+# --- failures --------------------------------------------------------------------------------
+
+async def _install_failure(service: Service, connection_id: str) -> None:
+    """Make our own processing fail for one connection, with a real database trigger."""
+    if service.db.dialect == "sqlite":
+        statements = [f"""CREATE TRIGGER inject_failure BEFORE INSERT ON connection_history
+                          WHEN NEW.connection_id = '{connection_id}'
+                          BEGIN SELECT RAISE(ABORT, 'injected failure'); END"""]
+    else:
+        statements = [
+            f"""CREATE OR REPLACE FUNCTION inject_failure() RETURNS trigger AS $$
+                BEGIN IF NEW.connection_id = '{connection_id}' THEN
+                RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$
+                LANGUAGE plpgsql""",
+            """CREATE TRIGGER inject_failure BEFORE INSERT ON connection_history
+               FOR EACH ROW EXECUTE FUNCTION inject_failure()"""]
+    await _ddl(service, statements)
+
+
+async def _remove_failure(service: Service) -> None:
+    if service.db.dialect == "sqlite":
+        await _ddl(service, ["DROP TRIGGER inject_failure"])
+    else:
+        await _ddl(service, ["DROP TRIGGER inject_failure ON connection_history",
+                             "DROP FUNCTION inject_failure()"])
+
+
+async def _ddl(service: Service, statements: list[str]) -> None:
+    from service.db import sql
+
+    async def work(tx):  # type: ignore[no-untyped-def]
+        for statement in statements:
+            await tx.execute(sql(statement))
+    await service.db.write(work)
+
+
+async def test_our_own_failure_rolls_back_keeps_the_delivery_and_answers_500(
+        service: Service) -> None:
+    company, connection = new_id(), new_id()
+    await _install_failure(service, connection)
+    body = connection_body("connection.connected", company_id=company, connection_id=connection,
+                           status="Linked", generated=at(0))
+    headers = sign(body)
+    response = await service.client.post("/webhooks/codat", content=body, headers=headers)
+    assert response.status_code == 500
+    counts = await service.counts()
+    assert (counts["deliveries"], counts["connections"], counts["connection_history"],
+            counts["outbox"], counts["companies"]) == (1, 0, 0, 0, 0)
+    stored = (await service.get(f"/v1/deliveries/{headers['svix-id']}")).json()
+    assert stored["outcome"] == "failed"
+    assert "injected failure" in stored["error"]
+
+    # Codat retries the same message: a failed delivery is processed again, not swallowed.
+    await _remove_failure(service)
+    retry = await service.client.post("/webhooks/codat", content=body, headers=headers)
+    assert retry.status_code == 200
+    assert retry.json() == {"outcome": "processed", "disposition": "reprocessed"}
+    assert (await connection_state(service, connection))["status"] == "Linked"
+    stored = (await service.get(f"/v1/deliveries/{headers['svix-id']}")).json()
+    assert (stored["outcome"], stored["error"], stored["attempts"]) == ("processed", None, 2)
+
+
+async def test_one_failing_delivery_does_not_fail_the_others(service: Service) -> None:
+    failing, fine = new_id(), [new_id() for _ in range(6)]
+    await _install_failure(service, failing)
+    bodies = [connection_body("connection.created", company_id=new_id(), connection_id=c,
+                              status="PendingAuth", generated=at(0)) for c in [failing, *fine]]
+    responses = await asyncio.gather(*[service.deliver(b) for b in bodies])
+    assert [r.status_code for r in responses] == [500] + [200] * 6
+    for connection in fine:
+        assert (await connection_state(service, connection))["status"] == "PendingAuth"
+
+
+# --- every published example -------------------------------------------------------------------
+
+def _examples() -> list[str]:
+    from tests.factories import EXAMPLES_DIR
+    return sorted(p.name for p in EXAMPLES_DIR.glob("*.json")) if EXAMPLES_DIR.is_dir() else []
+
+
+@pytest.mark.skipif(not _examples(), reason="../shared/codat/webhook-examples is absent")
+async def test_every_published_example_is_stored_and_processed(service: Service) -> None:
+    from tests.factories import EXAMPLES_DIR
+    for name in _examples():
+        body = (EXAMPLES_DIR / name).read_bytes()
+        response = await service.deliver(body)
+        assert response.status_code == 200, (name, response.text)
+        assert response.json()["outcome"] == "processed", name
+
+
+async def test_read_completed_records_each_data_type(service: Service) -> None:
+    company, connection = new_id(), new_id()
+    body = read_completed_body(company_id=company, connection_id=connection,
+                               statuses={"bills": "Complete", "suppliers": "FetchError"},
+                               generated=at(0))
+    assert (await service.deliver(body)).status_code == 200
+    data_types = (await service.get(f"/v1/companies/{company}")).json()["dataTypes"]
+    assert {d["dataType"]: d["status"] for d in data_types} == \
+        {"bills": "Complete", "suppliers": "FetchError"}
+
+
+# --- secret rotation, header twins -------------------------------------------------------------
+
+async def test_every_configured_secret_verifies_and_the_one_used_is_recorded(
+        service: Service) -> None:
+    body = connection_body("connection.created", company_id=new_id(), connection_id=new_id(),
+                           status="PendingAuth", generated=at(0))
+    first = await service.deliver(body, secret=SECRET_2)
+    assert first.status_code == 200
+    second_body = body.replace(b"Toft", b"Tuft")
+    assert (await service.deliver(second_body)).status_code == 200
+    secrets = {r["secret_id"] for r in await service.rows("SELECT secret_id FROM deliveries")}
+    assert len(secrets) == 2
+
+
+async def test_webhook_prefixed_headers_are_accepted(service: Service) -> None:
+    body = connection_body("connection.created", company_id=new_id(), connection_id=new_id(),
+                           status="PendingAuth", generated=at(0))
+    response = await service.deliver(body, prefix="webhook")
+    assert response.status_code == 200
+    [row] = await service.rows("SELECT headers FROM deliveries")
+    headers = orjson.loads(row["headers"])
+    assert "webhook-id" in headers
+    assert not any("signature" in name for name in headers)  # never the signature
