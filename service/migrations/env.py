@@ -12,8 +12,9 @@ from sqlmodel import SQLModel
 import schemas.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 target_metadata = SQLModel.metadata
-url = context.config.get_main_option("sqlalchemy.url")
-assert url, "sqlalchemy.url must be set (service.migrate sets it from DATABASE_URL)"
+_configured = context.config.get_main_option("sqlalchemy.url")
+assert _configured, "sqlalchemy.url must be set (service.migrate sets it from DATABASE_URL)"
+url: str = _configured
 
 
 def _run(connection: Connection) -> None:
