@@ -206,3 +206,16 @@ class RateLimitState(SQLModel, table=True):
     quota_remaining: int | None = None
     event_time: datetime | None = _ts()
     updated_at: datetime = _ts(nullable=False)
+
+
+class ApiIdempotency(SQLModel, table=True):
+    """A caller's Idempotency-Key on the onboarding API: the first result, replayed."""
+
+    __tablename__ = "api_idempotency"
+
+    key: str = Field(primary_key=True)
+    request_hash: str
+    status_code: int | None = None  # None while the first request is still in progress
+    response: str | None = None
+    created_at: datetime = _ts(nullable=False, index=True)
+    completed_at: datetime | None = _ts()

@@ -11,9 +11,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import queries
+from service import outbox, queries
 from service.db import Database
 from service.errors import DatabaseUnavailable
+from service.outbox import JobStatus
 from service.queries import BadQuery, ConnectionFilter
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -127,6 +128,21 @@ class QueryApi:
             tx, message_id, include_body=include in ("true", "1")))
         return json_response(found) if found else error(404, f"no delivery {message_id}")
 
+    async def outbox_jobs(self, request: Request) -> Response:
+        params = request.query_params
+        status = params.get("status") or None
+        if status is not None and status not in JobStatus.ALL:
+            raise BadQuery(f"status: unknown value {status!r} (known: "
+                           f"{', '.join(JobStatus.ALL)})")
+        limit = queries.parse_limit(params.get("limit"))
+        cursor = params.get("cursor") or None
+        after = queries.decode_cursor(cursor) if cursor else ""
+        rows = await self._db.read(
+            lambda tx: outbox.list_jobs(tx, status=status, after=after, limit=limit + 1))
+        page = rows[:limit]
+        next_cursor = queries.encode_cursor(page[-1]["id"]) if len(rows) > limit else None
+        return json_response({"results": page, "nextCursor": next_cursor})
+
     def routes(self, auth: TokenAuth) -> list[Route]:
         return [
             Route("/v1/companies/{company_id}", auth.protect(self.company), methods=["GET"]),
@@ -138,4 +154,5 @@ class QueryApi:
             Route("/v1/connections/{connection_id}/history", auth.protect(self.history),
                   methods=["GET"]),
             Route("/v1/deliveries/{message_id}", auth.protect(self.delivery), methods=["GET"]),
+            Route("/v1/outbox", auth.protect(self.outbox_jobs), methods=["GET"]),
         ]

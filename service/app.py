@@ -6,26 +6,36 @@ read here (or passed in), never at import.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from schemas.platforms import BillPayMode
+from service import outbox
 from service.api import QueryApi, TokenAuth, json_response
-from service.db import Database, Tx, open_database, sql
+from service.codat import CodatClient
+from service.db import Database, Tx, open_database, sql, utcnow
 from service.errors import DatabaseUnavailable
+from service.followups import FollowUps
 from service.logs import get_logger
 from service.metrics import Metrics
 from service.migrate import current_revision, head_revision
+from service.onboarding import OnboardingApi
 from service.openapi import openapi_document
+from service.outbox import RetryPolicy
 from service.receiver import Receiver
 from service.settings import Settings, load_settings
 from service.verify import Verifier
+from service.worker import Worker
 
 log = get_logger("app")
 _PING = sql("SELECT 1")
@@ -57,7 +67,42 @@ class Health:
         return json_response({"ready": True, "migration": current})
 
 
-def create_app(settings: Settings | None = None, *, db: Database | None = None) -> Starlette:
+def codat_client(settings: Settings, metrics: Metrics | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None) -> CodatClient:
+    """The Codat client the settings describe, reporting each call to ``metrics``."""
+    def on_response(endpoint: str, status: int, headers: httpx.Headers | None) -> None:
+        if metrics is None:
+            return
+        metrics.codat_calls.labels(endpoint, str(status)).inc()
+        remaining = headers.get("x-rate-limit-remaining") if headers else None
+        if remaining and remaining.isdigit():
+            metrics.codat_quota_remaining.set(int(remaining))
+    return CodatClient(api_key=settings.codat_api_key_value, base_url=settings.codat_base_url,
+                       timeout=settings.codat_timeout_seconds, transport=transport,
+                       on_response=on_response)
+
+
+def build_worker(settings: Settings, db: Database, client: CodatClient,
+                 metrics: Metrics | None = None, worker_id: str | None = None) -> Worker:
+    followups = FollowUps(db=db, client=client, mode=BillPayMode(settings.bill_pay_mode))
+    return Worker(db=db, followups=followups, metrics=metrics, worker_id=worker_id,
+                  policy=RetryPolicy(settings.outbox_backoff_base_seconds,
+                                     settings.outbox_backoff_max_seconds),
+                  lease_seconds=settings.outbox_lease_seconds,
+                  poll_seconds=settings.worker_poll_seconds)
+
+
+async def refresh_outbox_gauges(db: Database, metrics: Metrics) -> None:
+    now = utcnow()
+    by_status, oldest_due = await db.read(lambda tx: outbox.counts(tx, now=now))
+    for status, count in by_status.items():
+        metrics.outbox_jobs.labels(status).set(count)
+    metrics.outbox_oldest_due_age.set(0 if oldest_due is None
+                                      else (now - oldest_due).total_seconds())
+
+
+def create_app(settings: Settings | None = None, *, db: Database | None = None,
+               codat_transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
     """Build the app; raises ConfigError (naming the variable) for bad settings."""
     settings = settings or load_settings()
     verifier = Verifier(settings.webhook_secrets,
@@ -66,6 +111,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
                                    sqlite_synchronous=settings.sqlite_synchronous,
                                    sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms)
     metrics = Metrics()
+    client = codat_client(settings, metrics, codat_transport)
     receiver = Receiver(db=database, verifier=verifier, metrics=metrics,
                         max_body_bytes=settings.webhook_max_body_bytes,
                         retry_after_seconds=settings.db_retry_after_seconds)
@@ -75,6 +121,8 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     health = Health(database)
 
     async def metrics_endpoint(request: Request) -> Response:
+        with contextlib.suppress(DatabaseUnavailable):
+            await refresh_outbox_gauges(database, metrics)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def openapi_endpoint(request: Request) -> Response:
@@ -83,9 +131,16 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await database.start()
+        stop = asyncio.Event()
+        worker = build_worker(settings, database, client, metrics)
+        task = asyncio.create_task(worker.run(stop)) if settings.worker_enabled else None
         try:
             yield
         finally:
+            stop.set()
+            if task is not None:
+                await _drain_worker(task, worker, settings.worker_stop_grace_seconds)
+            await client.aclose()
             await database.close()
 
     routes = [
@@ -95,9 +150,22 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None) 
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
         *QueryApi(database).routes(auth),
+        *OnboardingApi(db=database, client=client,
+                       mode=BillPayMode(settings.bill_pay_mode)).routes(auth),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.settings = settings
     app.state.db = database
     app.state.metrics = metrics
+    app.state.codat = client
     return app
+
+
+async def _drain_worker(task: asyncio.Task[None], worker: Worker, grace: float) -> None:
+    """Let the running job finish; past the grace period, cancel it (it gives the job back)."""
+    try:
+        await asyncio.wait_for(asyncio.shield(task), grace)
+    except TimeoutError:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

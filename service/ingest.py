@@ -19,7 +19,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from handlers import decide_connection_event, decide_move
-from schemas.commands import Command, ConnectionSnapshot, Move
+from schemas.commands import Command, ConnectionSnapshot, JobKind, Move
 from schemas.events import (
     CompanyEvent,
     CompanyEventKind,
@@ -155,6 +155,12 @@ async def apply_event(tx: Tx, event: Event, *, delivery_id: str | None,
         for read in event.data_types:
             await store.record_read(tx, company_id=event.company.id, read=read,
                                     event_time=event.meta.generated_at, now=now)
+        # Readiness is the worker's to decide (in sync mode it asks Codat), off the hot path.
+        readiness = Command(JobKind.REFRESH_READINESS,
+                            f"readiness:{event.company.id}:{event.meta.event_id}",
+                            event.company.id, connection_id_of(event))
+        await store.enqueue(tx, commands=[readiness], now=now)
+        applied.jobs += 1
     elif isinstance(event, WriteCompleted):
         await store.upsert_company(tx, company=event.company, event_time=None, now=now)
         await store.record_write(tx, write=event, now=now)
@@ -197,6 +203,3 @@ async def _delete_company(tx: Tx, event: CompanyEvent, delivery_id: str | None,
                            event_time=None, cause=event.meta.event_id)
         await _record_move(tx, snapshot, move, cause, applied, now=now)
 
-
-def commands_of(applied: Applied) -> list[Command]:
-    return [c for _, move in applied.moves for c in move.commands]

@@ -60,6 +60,24 @@ _SCHEMAS: dict[str, Any] = {
          "source": {"enum": ["webhook", "api", "reconcile"]}, "eventId": _NSTR,
          "eventType": _NSTR, "deliveryId": _NSTR, "eventTime": _NTIME, "recordedAt": _TIME,
          "reason": _NSTR}),
+    "OutboxJob": _obj(
+        ["id", "kind", "status", "attempts", "maxAttempts", "nextAttemptAt", "lastError"],
+        {"id": _STR, "kind": _STR, "dedupeKey": _STR, "companyId": _NSTR, "connectionId": _NSTR,
+         "payload": {"type": "object"}, "status": {"enum": ["pending", "running", "done", "dead"]},
+         "attempts": _INT, "maxAttempts": _INT, "nextAttemptAt": _TIME, "leaseUntil": _NTIME,
+         "lockedBy": _NSTR, "lastError": _NSTR, "createdAt": _TIME, "updatedAt": _TIME}),
+    "NewCompany": {"type": "object", "required": ["name"], "additionalProperties": False,
+                   "properties": {"name": {"type": "string", "minLength": 1},
+                                  "description": _NSTR,
+                                  "tags": {"type": "object", "maxProperties": 10,
+                                           "additionalProperties": _STR}}},
+    "NewConnection": {"type": "object", "required": ["platformKey"],
+                      "additionalProperties": False,
+                      "properties": {"platformKey": {"type": "string", "pattern": "^[a-z]{4}$",
+                                                     "description": "e.g. qhyg (QuickBooks "
+                                                                    "Online), gbol (Xero)"}}},
+    "Unlink": {"type": "object", "additionalProperties": False,
+               "properties": {"reason": _STR}},
     "Delivery": _obj(
         ["messageId", "timestamp", "outcome", "error", "receivedAt", "bodySha256", "secretId"],
         {"messageId": _STR, "timestamp": _INT, "eventId": _NSTR, "eventType": _NSTR,
@@ -95,6 +113,23 @@ def _get(summary: str, ok: dict[str, Any], *, params: list[dict[str, Any]] | Non
                     "parameters": params or [], "responses": responses}}
 
 
+def _post(summary: str, request: str, ok_status: str, ok: dict[str, Any],
+          errors: dict[str, str]) -> dict[str, Any]:
+    responses: dict[str, Any] = {ok_status: _json(ok, "OK")}
+    for status, meaning in {"401": "Missing or wrong bearer token",
+                            "422": "Invalid body, or an Idempotency-Key reused with another body",
+                            "502": "Codat failed or refused our credentials",
+                            "503": "Codat rate limited us, or the database is unavailable",
+                            "504": "Codat did not answer in time", **errors}.items():
+        responses[status] = _json(_ref("Error"), meaning)
+    key = {"name": "Idempotency-Key", "in": "header", "required": False, "schema": _STR,
+           "description": "the same key and body replay the first result"}
+    return {"post": {"summary": summary, "security": [{"bearer": []}], "parameters": [key],
+                     "requestBody": {"required": request != "Unlink", "content": {
+                         "application/json": {"schema": _ref(request)}}},
+                     "responses": responses}}
+
+
 def _path_param(name: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": _STR}
 
@@ -121,9 +156,20 @@ def openapi_document() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "a token from SERVICE_API_TOKENS"}},
             "schemas": {**_SCHEMAS, "ConnectionPage": _page("Connection"),
-                        "HistoryPage": _page("HistoryEntry")},
+                        "HistoryPage": _page("HistoryEntry"), "OutboxPage": _page("OutboxJob")},
         },
         "paths": {
+            "/v1/companies": _post(
+                "Create a Codat company for an SMB customer", "NewCompany", "201",
+                _ref("Company"), {"400": "Codat refused the company"}),
+            "/v1/companies/{companyId}/connections/{connectionId}/unlink": {
+                **_post("Unlink a Linked connection (Codat PATCH status Unlinked)", "Unlink",
+                        "200", _ref("Connection"),
+                        {"404": "No such connection", "409": "The connection is not Linked"}),
+                "parameters": [_path_param("companyId"), _path_param("connectionId")]},
+            "/v1/outbox": {**_get("Follow-up jobs", _ref("OutboxPage"), found=False,
+                                  params=[_query("status", "pending, running, done or dead"),
+                                          *_PAGING])},
             "/v1/companies/{companyId}": {
                 **_get("A company, its Bill Pay readiness, read status and connections",
                        _ref("Company"), params=[_path_param("companyId")])},
@@ -131,7 +177,11 @@ def openapi_document() -> dict[str, Any]:
                 **_get("A company's connections",
                        _obj(["results"], {"results": {"type": "array",
                                                       "items": _ref("Connection")}}),
-                       params=[_path_param("companyId")])},
+                       params=[_path_param("companyId")]),
+                **_post("Create a connection for a platformKey; answers its linkUrl "
+                        "(status PendingAuth)", "NewConnection", "201", _ref("Connection"),
+                        {"404": "No such company at Codat"}),
+                "parameters": [_path_param("companyId")]},
             "/v1/connections": {**_get(
                 "Connections, filtered, in id order (keyset pagination)",
                 _ref("ConnectionPage"), found=False,

@@ -72,6 +72,21 @@ class Settings(BaseSettings):
     db_retry_after_seconds: int = Field(default=5, ge=1)
     log_level: str = "INFO"
 
+    # Codat
+    codat_api_key: SecretStr = Field(default=SecretStr(""))
+    codat_base_url: str = "https://api.codat.io"
+    codat_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    bill_pay_mode: Literal["async", "sync"] = "async"
+
+    # Follow-up work (the outbox worker)
+    worker_enabled: bool = True  # run a worker inside `codat-hooks serve`
+    worker_poll_seconds: float = Field(default=0.5, gt=0, le=60)
+    worker_stop_grace_seconds: float = Field(default=20.0, ge=0)
+    outbox_max_attempts: int = Field(default=8, ge=1, le=100)
+    outbox_lease_seconds: float = Field(default=60.0, gt=0)
+    outbox_backoff_base_seconds: float = Field(default=2.0, gt=0)
+    outbox_backoff_max_seconds: float = Field(default=3600.0, gt=0)
+
     @field_validator("codat_webhook_secrets")
     @classmethod
     def _secrets_are_well_formed(cls, value: SecretStr) -> SecretStr:
@@ -95,6 +110,14 @@ class Settings(BaseSettings):
             return parse_webhook_secrets(self.codat_webhook_secrets.get_secret_value())
         except ValueError as exc:
             raise ConfigError(f"invalid configuration: CODAT_WEBHOOK_SECRETS: {exc}") from None
+
+    @property
+    def codat_api_key_value(self) -> str:
+        """The Codat API key; raises ConfigError naming the variable when it is not set."""
+        key = self.codat_api_key.get_secret_value().strip()
+        if not key:
+            raise ConfigError("invalid configuration: CODAT_API_KEY: required to call Codat")
+        return key
 
     @property
     def api_tokens(self) -> frozenset[str]:

@@ -318,3 +318,31 @@ async def record_rate_limit(tx: Tx, *, paused_until: datetime | None, daily_quot
                             now: datetime) -> None:
     await tx.execute(_UPSERT_RATE_LIMIT, paused_until, daily_quota, quota_remaining,
                      event_time, now)
+
+
+# --- Bill Pay readiness ----------------------------------------------------------------------
+
+_SET_READINESS = sql("""
+UPDATE companies SET bill_pay_ready = $2, bill_pay_checked_at = $3, bill_pay_detail = $4,
+    updated_at = $3
+WHERE id = $1""")
+
+_DATA_TYPE_STATUSES = sql("SELECT data_type, status FROM data_type_status WHERE company_id = $1")
+
+_LINKED_CONNECTION = sql("""
+SELECT id FROM connections WHERE company_id = $1 AND status = 'Linked' AND deleted = FALSE
+ORDER BY updated_at DESC LIMIT 1""")
+
+
+async def set_readiness(tx: Tx, *, company_id: str, ready: bool, detail: dict[str, Any],
+                        now: datetime) -> None:
+    await tx.execute(_SET_READINESS, company_id, ready, now, to_json(detail))
+
+
+async def data_type_statuses(tx: Tx, *, company_id: str) -> dict[str, str]:
+    return {r["data_type"]: r["status"] for r in await tx.fetch(_DATA_TYPE_STATUSES, company_id)}
+
+
+async def linked_connection_id(tx: Tx, *, company_id: str) -> str | None:
+    value = await tx.fetchval(_LINKED_CONNECTION, company_id)
+    return None if value is None else str(value)

@@ -27,7 +27,7 @@ from tests.factories import SECRET, SECRET_2, TOKEN, sign
 
 ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TABLES = ("companies", "connections", "connection_history", "deliveries", "delivery_conflicts",
-          "outbox", "data_type_status", "write_results", "rate_limit")
+          "outbox", "data_type_status", "write_results", "rate_limit", "api_idempotency")
 _OUR_VARIABLES = ("CODAT_WEBHOOK_SECRETS", "DATABASE_URL", "SERVICE_API_TOKENS",
                   "WEBHOOK_TOLERANCE_SECONDS", "WEBHOOK_MAX_BODY_BYTES", "CODAT_API_KEY",
                   "CODAT_BASE_URL", "BILL_PAY_MODE")
@@ -105,6 +105,9 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "service_api_tokens": TOKEN,
         "database_url": database_url,
         "sqlite_busy_timeout_ms": 500,
+        "codat_api_key": "test-codat-key",
+        "codat_base_url": "http://127.0.0.1:9",  # nothing listens: a test that calls Codat
+        "worker_enabled": False,                  # says where Codat is; tests run the worker
     }
     values.update(overrides)
     return load_settings(**values)

@@ -23,7 +23,7 @@ from tests.factories import (
 
 EMPTY = {"companies": 0, "connections": 0, "connection_history": 0, "deliveries": 0,
          "delivery_conflicts": 0, "outbox": 0, "data_type_status": 0, "write_results": 0,
-         "rate_limit": 0}
+         "rate_limit": 0, "api_idempotency": 0}
 
 
 async def connection_state(service: Service, connection_id: str) -> dict[str, object]:

@@ -1,0 +1,192 @@
+"""The follow-up jobs: the Codat calls a transition asks for, and what their answers change.
+
+Each job calls Codat first, OUTSIDE any transaction, then writes what Codat said in a short
+transaction of its own; changes of state go through the same transition function as webhooks
+(source ``reconcile``). Jobs are safe to run again: Codat POSTs carry a key derived from the job
+id, and the history row of a reconcile is unique per job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from handlers import assess_readiness, decide_move
+from handlers.readiness import BILL_PAY_DATA_TYPES
+from schemas.commands import JobKind
+from schemas.events import ConnectionInfo, DataTypeRead
+from schemas.platforms import BillPayMode
+from schemas.state import ConnectionStatus, Source, State
+from schemas.webhook import parse_datetime
+from service import store
+from service.codat import CodatClient, CodatNotFound, CodatPermanent, Connection
+from service.db import Database, Tx, utcnow
+from service.ingest import apply_move
+from service.outbox import Job
+from service.store import Cause
+
+# Dataset statuses that mean a read is under way: asking again would only queue a duplicate.
+_READING = frozenset({"Initial", "Queued", "Fetching", "MapQueued", "Mapping", "ProcessingQueued",
+                      "Processing", "ValidationQueued", "Validating"})
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """Our view of a connection against Codat's."""
+
+    company_id: str
+    connection_id: str
+    ours: str | None
+    codat: str | None  # None: Codat no longer has it
+    applied: bool = False
+
+    @property
+    def drifted(self) -> bool:
+        return self.ours != self.codat
+
+
+def _state_of(connection: Connection | None) -> State:
+    if connection is None:
+        return State.DELETED
+    known = connection.known_status
+    if known is None:
+        raise CodatPermanent(f"Codat reports an unknown connection status {connection.status!r}")
+    return State(known.value)
+
+
+def connection_info(connection: Connection) -> ConnectionInfo:
+    """What Codat says of a connection, as the store writes it."""
+    return ConnectionInfo(
+        id=connection.id, status=ConnectionStatus(_state_of(connection).value),
+        platform_key=connection.integration_key, platform_name=connection.platform_name,
+        source_type=connection.source_type, integration_id=connection.integration_id,
+        source_id=connection.source_id, link_url=connection.link_url,
+        created=_date(connection.created), last_sync=_date(connection.last_sync))
+
+
+def _date(value: str | None) -> Any:
+    try:
+        return parse_datetime(value)
+    except ValueError:
+        return None
+
+
+async def apply_codat_view(db: Database, *, company_id: str, connection_id: str,
+                           connection: Connection | None, cause: Cause,
+                           apply: bool = True) -> Drift:
+    """Move our connection to what Codat says (source reconcile); report the drift."""
+    target = _state_of(connection)
+
+    async def work(tx: Tx) -> Drift:
+        now = utcnow()
+        snapshot = await store.lock_connection(tx, connection_id=connection_id,
+                                               company_id=company_id, now=now)
+        ours = snapshot.state.value if snapshot.state else None
+        drift = Drift(company_id, connection_id, ours, None if connection is None
+                      else target.value)
+        if not apply:
+            return drift
+        if snapshot.state is not target:
+            move = decide_move(snapshot, target, source=Source.RECONCILE, event_time=None,
+                               cause=cause.event_id or "reconcile")
+            await apply_move(tx, snapshot, move, cause, now=now)
+        if connection is not None and target is not State.DELETED:
+            errors = connection.data_connection_errors or []
+            await store.apply_details(tx, company_id=company_id, info=connection_info(connection),
+                                      errors=errors)
+        return Drift(drift.company_id, drift.connection_id, drift.ours, drift.codat,
+                     applied=drift.drifted)
+
+    return await db.write(work)
+
+
+class FollowUps:
+    """Runs one outbox job against Codat."""
+
+    def __init__(self, *, db: Database, client: CodatClient, mode: BillPayMode) -> None:
+        self._db = db
+        self._client = client
+        self._mode = mode
+
+    async def run(self, job: Job) -> str:
+        """Run ``job``; return a short summary. Raises CodatError subclasses to retry or fail."""
+        if job.kind is JobKind.RECONCILE_CONNECTION:
+            drift = await self._reconcile(job)
+            return f"Codat says {drift.codat}, we had {drift.ours}"
+        if job.kind is JobKind.CONFIRM_CONNECTION:
+            drift = await self._reconcile(job)
+            if drift.codat != State.LINKED:
+                return f"not Linked at Codat ({drift.codat}); nothing to prepare"
+            return await self._prepare_bill_pay(job.company_id or "", job.connection_id, job)
+        if job.kind is JobKind.REFRESH_READINESS:
+            return await self._prepare_bill_pay(job.company_id or "", job.connection_id, job,
+                                                refresh=False)
+        raise CodatPermanent(f"no follow-up is defined for job kind {job.kind}")
+
+    async def _reconcile(self, job: Job) -> Drift:
+        company_id, connection_id = job.company_id or "", job.connection_id or ""
+        try:
+            connection: Connection | None = await self._client.get_connection(company_id,
+                                                                              connection_id)
+        except CodatNotFound:
+            connection = None  # a 404 is final: Codat deleted it
+        cause = Cause(f"job:{job.id}", job.kind.value, None, None, reason=f"outbox job {job.id}")
+        return await apply_codat_view(self._db, company_id=company_id,
+                                      connection_id=connection_id, connection=connection,
+                                      cause=cause)
+
+    async def _prepare_bill_pay(self, company_id: str, connection_id: str | None, job: Job, *,
+                                refresh: bool = True) -> str:
+        if connection_id is None:
+            connection_id = await self._db.read(
+                lambda tx: store.linked_connection_id(tx, company_id=company_id))
+        if connection_id is None:
+            return "no Linked connection: readiness unchanged"
+        if self._mode is BillPayMode.SYNC:
+            ready, detail = await self._sync_readiness(company_id, connection_id)
+        else:
+            ready, detail = await self._async_readiness(company_id, connection_id, job, refresh)
+
+        async def work(tx: Tx) -> None:
+            await store.set_readiness(tx, company_id=company_id, ready=ready, detail=detail,
+                                      now=utcnow())
+        await self._db.write(work)
+        return f"billPayReady={ready}"
+
+    async def _sync_readiness(self, company_id: str, connection_id: str,
+                              ) -> tuple[bool, dict[str, Any]]:
+        info = await self._client.company_information(company_id, connection_id)
+        accounts = await self._client.payment_bank_accounts(company_id, connection_id)
+        detail = {"mode": "sync", "companyName": info.company_name,
+                  "baseCurrency": info.base_currency,
+                  "bankAccounts": [{"id": a.id, "name": a.name, "currency": a.currency}
+                                   for a in accounts],
+                  "missing": [] if accounts else ["bankAccounts"]}
+        return bool(accounts), detail
+
+    async def _async_readiness(self, company_id: str, connection_id: str, job: Job,
+                               refresh: bool) -> tuple[bool, dict[str, Any]]:
+        statuses = await self._client.data_status(company_id)
+        now = utcnow()
+        reads = {t: s.current_status for t, s in statuses.items() if t in BILL_PAY_DATA_TYPES}
+        queued = []
+        if refresh:
+            for data_type in BILL_PAY_DATA_TYPES:
+                status = reads.get(data_type)
+                if status in _READING or status == "Complete":
+                    continue
+                await self._client.refresh_data_type(
+                    company_id, data_type, connection_id=connection_id,
+                    idempotency_key=f"{job.id}:{data_type}")
+                queued.append(data_type)
+
+        async def work(tx: Tx) -> dict[str, str]:
+            for data_type, status in reads.items():
+                await store.record_read(tx, company_id=company_id,
+                                        read=DataTypeRead(connection_id, data_type, status),
+                                        event_time=now, now=now)
+            return await store.data_type_statuses(tx, company_id=company_id)
+        known = await self._db.write(work)
+        readiness = assess_readiness(known)
+        return readiness.ready, {"mode": "async", "missing": list(readiness.missing),
+                                 "failed": list(readiness.failed), "refreshQueued": queued}

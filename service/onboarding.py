@@ -1,0 +1,298 @@
+"""The onboarding API: create a Codat company and its connection, hand back the linkUrl, unlink.
+
+Codat's "configure your SMB customer" flow. Each call goes to Codat first (outside any
+transaction), then stores what Codat answered, with its history row, in one transaction.
+A caller's ``Idempotency-Key`` replays the first result without a second Codat call; the Codat
+POST/PATCH carries a key derived from it, so a retried call never creates a second company.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from handlers import decide_move
+from schemas.commands import Move
+from schemas.events import CompanyInfo
+from schemas.platforms import PLATFORM_NAMES, SUPPORTED_PLATFORMS, BillPayMode
+from schemas.state import Source, State
+from service import queries, store
+from service.api import TokenAuth, error, json_response
+from service.codat import (
+    CodatClient,
+    CodatError,
+    CodatNotFound,
+    CodatRateLimited,
+    CodatRetryable,
+    Connection,
+)
+from service.db import Database, Tx, as_dt, sql, utcnow
+from service.followups import connection_info
+from service.ingest import apply_move
+from service.store import Cause
+
+STALE_IN_PROGRESS = timedelta(minutes=5)  # a first attempt that died mid-way can be retried
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class NewCompany(_Body):
+    name: str = Field(min_length=1, max_length=255)
+    description: str | None = Field(default=None, max_length=1000)
+    tags: dict[str, str] | None = None
+
+    @field_validator("tags")
+    @classmethod
+    def _codat_tag_rules(cls, tags: dict[str, str] | None) -> dict[str, str] | None:
+        if tags is not None:
+            if len(tags) > 10:
+                raise ValueError("at most 10 tags")
+            for key, value in tags.items():
+                if not 1 <= len(key) <= 27 or len(value) > 100:
+                    raise ValueError("a tag key is 1-27 characters, a value at most 100")
+        return tags
+
+
+class NewConnection(_Body):
+    platform_key: str = Field(alias="platformKey", pattern=r"^[a-z]{4}$")
+
+
+class Unlink(_Body):
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, *, correlation_id: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.correlation_id = correlation_id
+        self.headers = headers
+
+
+def codat_failure(exc: CodatError) -> ApiError:
+    """Codat's failure as the caller should see it (and retry it, or not)."""
+    cid = exc.correlation_id
+    if isinstance(exc, CodatRateLimited):
+        wait = str(max(1, round(exc.retry_after or 5)))
+        return ApiError(503, f"Codat is rate limiting us: {exc}", correlation_id=cid,
+                        headers={"Retry-After": wait})
+    if isinstance(exc, CodatRetryable):
+        if exc.status is None and "timed out" in str(exc):
+            return ApiError(504, f"Codat did not answer in time: {exc}", correlation_id=cid)
+        if exc.status == 409:
+            return ApiError(503, f"Codat is still working on it: {exc}", correlation_id=cid,
+                            headers={"Retry-After": "2"})
+        return ApiError(502, f"Codat is unavailable: {exc}", correlation_id=cid)
+    if isinstance(exc, CodatNotFound):
+        return ApiError(404, str(exc), correlation_id=cid)
+    if exc.status in (400, 422):
+        return ApiError(exc.status, str(exc), correlation_id=cid)
+    # 401/402/403: our credentials or our account, not the caller's request.
+    return ApiError(502, f"Codat refused our request: {exc}", correlation_id=cid)
+
+
+@dataclass(frozen=True, slots=True)
+class _Result:
+    status: int
+    body: dict[str, Any]
+
+
+_BEGIN_KEY = sql("""
+INSERT INTO api_idempotency (key, request_hash, created_at) VALUES ($1, $2, $3)
+ON CONFLICT (key) DO NOTHING RETURNING key""")
+_GET_KEY = sql("""
+SELECT request_hash, status_code, response, created_at FROM api_idempotency WHERE key = $1{lock}""")
+_RESTART_KEY = sql("UPDATE api_idempotency SET created_at = $2 WHERE key = $1")
+_COMPLETE_KEY = sql("""
+UPDATE api_idempotency SET status_code = $2, response = $3, completed_at = $4 WHERE key = $1""")
+_FORGET_KEY = sql("DELETE FROM api_idempotency WHERE key = $1 AND status_code IS NULL")
+
+Action = Callable[[str], Awaitable[tuple[str, Callable[[Tx], Awaitable[None]] | None]]]
+
+
+class OnboardingApi:
+    """POST endpoints that change Codat, then our state."""
+
+    def __init__(self, *, db: Database, client: CodatClient, mode: BillPayMode) -> None:
+        self._db = db
+        self._client = client
+        self._mode = mode
+        self._supported = sorted(SUPPORTED_PLATFORMS[mode])
+
+    def routes(self, auth: TokenAuth) -> list[Route]:
+        return [
+            Route("/v1/companies", auth.protect(self.create_company), methods=["POST"]),
+            Route("/v1/companies/{company_id}/connections", auth.protect(self.create_connection),
+                  methods=["POST"]),
+            Route("/v1/companies/{company_id}/connections/{connection_id}/unlink",
+                  auth.protect(self.unlink), methods=["POST"]),
+        ]
+
+    # --- endpoints ----------------------------------------------------------------------------
+
+    async def create_company(self, request: Request) -> Response:
+        async def action(codat_key: str) -> Any:
+            new = await _parse(request, NewCompany)
+            company = await self._client.create_company(
+                name=new.name, description=new.description, tags=new.tags,
+                idempotency_key=codat_key)
+            info = CompanyInfo(company.id, company.name, company.description, company.tags,
+                               company.redirect, company.products, None)
+
+            async def write(tx: Tx) -> None:
+                await store.upsert_company(tx, company=info, event_time=None, now=utcnow())
+            return company.id, write
+
+        async def shape(tx: Tx, company_id: str) -> _Result:
+            return _Result(201, await queries.get_company(tx, company_id) or {})
+        return await self._idempotent(request, action, shape)
+
+    async def create_connection(self, request: Request) -> Response:
+        company_id = request.path_params["company_id"]
+
+        async def action(codat_key: str) -> Any:
+            new = await _parse(request, NewConnection)
+            if new.platform_key not in SUPPORTED_PLATFORMS[self._mode]:
+                names = ", ".join(f"{k} ({PLATFORM_NAMES[k]})" for k in self._supported)
+                raise ApiError(422, f"platformKey {new.platform_key!r} is not supported by "
+                                    f"{self._mode.value} Bill Pay; supported: {names}")
+            connection = await self._client.create_connection(
+                company_id, platform_key=new.platform_key, idempotency_key=codat_key)
+            cause = Cause(f"api:create:{connection.id}", "api.create_connection", None, None,
+                          reason="created through the onboarding API")
+            return connection.id, self._store_move(company_id, connection, cause,
+                                                   State.PENDING_AUTH)
+
+        async def shape(tx: Tx, connection_id: str) -> _Result:
+            return _Result(201, await queries.get_connection(tx, connection_id) or {})
+        return await self._idempotent(request, action, shape)
+
+    async def unlink(self, request: Request) -> Response:
+        company_id = request.path_params["company_id"]
+        connection_id = request.path_params["connection_id"]
+
+        async def action(codat_key: str) -> Any:
+            body = await _parse(request, Unlink, allow_empty=True)
+            current = await self._db.read(lambda tx: queries.get_connection(tx, connection_id))
+            if current is None or current["companyId"] != company_id:
+                raise ApiError(404, f"no connection {connection_id} for company {company_id}")
+            if current["deleted"] or current["status"] != State.LINKED:
+                state = "Deleted" if current["deleted"] else current["status"]
+                raise ApiError(409, f"only a Linked connection can be unlinked; this one is "
+                                    f"{state}")
+            connection = await self._client.unlink_connection(
+                company_id, connection_id, idempotency_key=codat_key)
+            reason = "unlinked through the onboarding API"
+            if body.reason:
+                reason += f": {body.reason}"
+            cause = Cause(f"api:unlink:{codat_key}", "api.unlink", None, None, reason=reason)
+            return connection_id, self._store_move(company_id, connection, cause, State.UNLINKED)
+
+        async def shape(tx: Tx, connection_id: str) -> _Result:
+            return _Result(200, await queries.get_connection(tx, connection_id) or {})
+        return await self._idempotent(request, action, shape)
+
+    # --- shared -------------------------------------------------------------------------------
+
+    def _store_move(self, company_id: str, connection: Connection, cause: Cause,
+                    expected: State) -> Callable[[Tx], Awaitable[None]]:
+        async def write(tx: Tx) -> None:
+            now = utcnow()
+            await store.upsert_company(tx, company=CompanyInfo(company_id), event_time=None,
+                                       now=now)
+            snapshot = await store.lock_connection(tx, connection_id=connection.id,
+                                                   company_id=company_id, now=now)
+            known = connection.known_status
+            target = State(known.value) if known else expected
+            move: Move = decide_move(snapshot, target, source=Source.API, event_time=None,
+                                     cause=cause.event_id or "api")
+            await apply_move(tx, snapshot, move, cause, now=now)
+            if move.applied or not snapshot.exists:
+                await store.apply_details(tx, company_id=company_id,
+                                          info=connection_info(connection),
+                                          errors=connection.data_connection_errors or [])
+        return write
+
+    async def _idempotent(self, request: Request, action: Action,
+                          shape: Callable[[Tx, str], Awaitable[_Result]]) -> Response:
+        caller_key = request.headers.get("idempotency-key")
+        body = await request.body()
+        key = None
+        if caller_key:
+            key = f"{request.method} {request.url.path} {caller_key}"
+            request_hash = hashlib.sha256(body).hexdigest()
+            replay = await self._db.write(lambda tx: _begin(tx, key or "", request_hash))
+            if replay is not None:
+                return replay
+        codat_key = (hashlib.sha256(f"codat-hooks {key}".encode()).hexdigest()[:32]
+                     if key else uuid.uuid4().hex)
+        try:
+            try:
+                resource_id, write = await action(codat_key)
+            except CodatError as exc:
+                raise codat_failure(exc) from None
+
+            async def commit(tx: Tx) -> _Result:
+                if write is not None:
+                    await write(tx)
+                result = await shape(tx, resource_id)
+                if key:
+                    await tx.execute(_COMPLETE_KEY, key, result.status,
+                                     orjson.dumps(result.body).decode(), utcnow())
+                return result
+            result = await self._db.write(commit)
+        except ApiError as exc:
+            if key:
+                await self._db.write(lambda tx: tx.execute(_FORGET_KEY, key))
+            body_json = {"statusCode": exc.status, "error": str(exc),
+                         "correlationId": exc.correlation_id}
+            return json_response(body_json, exc.status, exc.headers)
+        return json_response(result.body, result.status)
+
+
+async def _begin(tx: Tx, key: str, request_hash: str) -> Response | None:
+    """Start a keyed request; or the answer to give now (replay, 422 or 409)."""
+    now = utcnow()
+    if await tx.fetchrow(_BEGIN_KEY, key, request_hash, now) is not None:
+        return None
+    row = await tx.fetchrow(_GET_KEY, key)
+    assert row is not None
+    if row["request_hash"] != request_hash:
+        return error(422, "this Idempotency-Key was used with a different request body")
+    if row["status_code"] is not None:
+        return Response(row["response"], row["status_code"], {"Idempotent-Replayed": "true"},
+                        media_type="application/json")
+    created = as_dt(row["created_at"])
+    if created is not None and now - created > STALE_IN_PROGRESS:
+        await tx.execute(_RESTART_KEY, key, now)  # the first attempt died: take it over
+        return None
+    return error(409, "a request with this Idempotency-Key is still in progress",
+                 {"Retry-After": "2"})
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def _parse(request: Request, model: type[M], *, allow_empty: bool = False) -> M:
+    raw = await request.body()
+    if allow_empty and not raw.strip():
+        return model()
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
+        raise ApiError(422, f"invalid request body: {problems}") from None

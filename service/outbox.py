@@ -1,0 +1,171 @@
+"""The outbox table: claiming due jobs under a lease, finishing, rescheduling, listing.
+
+Several workers on one PostgreSQL database claim with ``FOR UPDATE SKIP LOCKED``, so no job runs
+twice at once; a job whose worker died is claimed again once its lease has expired. SQLite has a
+single writer, so its claim is atomic as it stands.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from schemas.commands import JobKind
+from service.db import Row, Tx, as_dt, from_json, sql
+
+
+class JobStatus:
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    DEAD = "dead"
+    ALL = ("pending", "running", "done", "dead")
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    kind: JobKind
+    dedupe_key: str
+    company_id: str | None
+    connection_id: str | None
+    payload: dict[str, Any]
+    attempts: int  # including the one now running
+    max_attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with jitter, never sooner than Codat's Retry-After."""
+
+    base_seconds: float = 2.0
+    max_seconds: float = 3600.0
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        backoff = min(self.max_seconds, self.base_seconds * 2 ** max(0, attempt - 1))
+        return max(random.uniform(backoff / 2, backoff), retry_after or 0.0)
+
+
+_CLAIM = sql("""
+UPDATE outbox SET status = 'running', locked_by = $1, lease_until = $2, attempts = attempts + 1,
+    updated_at = $3
+WHERE id IN (
+    SELECT id FROM outbox
+    WHERE (status = 'pending' AND next_attempt_at <= $3)
+       OR (status = 'running' AND lease_until < $3)
+    ORDER BY next_attempt_at, id LIMIT $4{skip_locked})
+RETURNING id, kind, dedupe_key, company_id, connection_id, payload, attempts, max_attempts""")
+
+_FINISH = sql("""
+UPDATE outbox SET status = $3, last_error = $4, lease_until = NULL, locked_by = NULL,
+    updated_at = $5
+WHERE id = $1 AND locked_by = $2 AND status = 'running'""")
+
+_RESCHEDULE = sql("""
+UPDATE outbox SET status = 'pending', next_attempt_at = $3, last_error = $4, lease_until = NULL,
+    locked_by = NULL, updated_at = $5
+WHERE id = $1 AND locked_by = $2 AND status = 'running'""")
+
+_RELEASE = sql("""
+UPDATE outbox SET status = 'pending', attempts = attempts - 1, lease_until = NULL,
+    locked_by = NULL, updated_at = $3
+WHERE id = $1 AND locked_by = $2 AND status = 'running'""")
+
+_RETRY = sql("""
+UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = $2, lease_until = NULL,
+    locked_by = NULL, updated_at = $2
+WHERE id = $1 AND status = 'dead'
+RETURNING id""")
+
+_RETRY_ALL_DEAD = sql("""
+UPDATE outbox SET status = 'pending', attempts = 0, next_attempt_at = $1, lease_until = NULL,
+    locked_by = NULL, updated_at = $1
+WHERE status = 'dead'
+RETURNING id""")
+
+_COLUMNS = """id, kind, dedupe_key, company_id, connection_id, payload, status, attempts,
+    max_attempts, next_attempt_at, lease_until, locked_by, last_error, created_at, updated_at"""
+_LIST = sql(f"SELECT {_COLUMNS} FROM outbox WHERE id > $1 ORDER BY id LIMIT $2")
+_LIST_BY_STATUS = sql(
+    f"SELECT {_COLUMNS} FROM outbox WHERE status = $1 AND id > $2 ORDER BY id LIMIT $3")
+_COMPANY_JOBS = sql(f"""
+SELECT {_COLUMNS} FROM outbox WHERE company_id = $1 AND status IN ('pending', 'running', 'dead')
+ORDER BY created_at""")
+_COUNTS = sql("SELECT status, COUNT(*) AS n FROM outbox GROUP BY status")
+_OLDEST_DUE = sql(
+    "SELECT MIN(next_attempt_at) FROM outbox WHERE status = 'pending' AND next_attempt_at <= $1")
+_PAUSED_UNTIL = sql("SELECT paused_until FROM rate_limit WHERE id = 1")
+
+
+def _job(row: Row) -> Job:
+    return Job(row["id"], JobKind(row["kind"]), row["dedupe_key"], row["company_id"],
+               row["connection_id"], from_json(row["payload"]) or {}, row["attempts"],
+               row["max_attempts"])
+
+
+async def claim(tx: Tx, *, worker_id: str, now: datetime, lease: timedelta,
+                limit: int = 1) -> list[Job]:
+    """Take up to ``limit`` due jobs (or jobs whose lease expired) for ``worker_id``."""
+    rows = await tx.fetch(_CLAIM, worker_id, now + lease, now, limit)
+    return [_job(r) for r in rows]
+
+
+async def finish(tx: Tx, *, job: Job, worker_id: str, status: str, error: str | None,
+                 now: datetime) -> None:
+    await tx.execute(_FINISH, job.id, worker_id, status, error, now)
+
+
+async def reschedule(tx: Tx, *, job: Job, worker_id: str, at: datetime, error: str,
+                     now: datetime) -> None:
+    await tx.execute(_RESCHEDULE, job.id, worker_id, at, error, now)
+
+
+async def release(tx: Tx, *, job: Job, worker_id: str, now: datetime) -> None:
+    """Give a job back untouched (the worker is stopping before it could run it)."""
+    await tx.execute(_RELEASE, job.id, worker_id, now)
+
+
+async def retry(tx: Tx, *, job_id: str | None, now: datetime) -> list[str]:
+    """Make a dead job (or, with ``job_id=None``, every dead job) pending again."""
+    rows = await (tx.fetch(_RETRY, job_id, now) if job_id else tx.fetch(_RETRY_ALL_DEAD, now))
+    return [r["id"] for r in rows]
+
+
+def job_json(row: Row) -> dict[str, Any]:
+    def iso(value: Any) -> str | None:
+        moment = as_dt(value)
+        return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+    return {
+        "id": row["id"], "kind": row["kind"], "dedupeKey": row["dedupe_key"],
+        "companyId": row["company_id"], "connectionId": row["connection_id"],
+        "payload": from_json(row["payload"]) or {}, "status": row["status"],
+        "attempts": row["attempts"], "maxAttempts": row["max_attempts"],
+        "nextAttemptAt": iso(row["next_attempt_at"]), "leaseUntil": iso(row["lease_until"]),
+        "lockedBy": row["locked_by"], "lastError": row["last_error"],
+        "createdAt": iso(row["created_at"]), "updatedAt": iso(row["updated_at"]),
+    }
+
+
+async def list_jobs(tx: Tx, *, status: str | None, after: str, limit: int) -> list[dict[str, Any]]:
+    rows = await (tx.fetch(_LIST_BY_STATUS, status, after, limit) if status
+                  else tx.fetch(_LIST, after, limit))
+    return [job_json(r) for r in rows]
+
+
+async def company_jobs(tx: Tx, *, company_id: str) -> list[dict[str, Any]]:
+    return [job_json(r) for r in await tx.fetch(_COMPANY_JOBS, company_id)]
+
+
+async def counts(tx: Tx, *, now: datetime) -> tuple[dict[str, int], datetime | None]:
+    """Jobs by status, and the due time of the oldest pending job that is due."""
+    by_status = {status: 0 for status in JobStatus.ALL}
+    for row in await tx.fetch(_COUNTS):
+        by_status[row["status"]] = int(row["n"])
+    return by_status, as_dt(await tx.fetchval(_OLDEST_DUE, now))
+
+
+async def paused_until(tx: Tx) -> datetime | None:
+    """Until when Codat's rate limit pauses every call (None: not paused)."""
+    return as_dt(await tx.fetchval(_PAUSED_UNTIL))

@@ -1,0 +1,129 @@
+"""The outbox worker: claims due jobs, runs them, and retries, backs off or gives up.
+
+Runs as its own process (``codat-hooks worker``) or as a task inside ``codat-hooks serve``.
+A stop request lets the running job finish (or, if it cannot within the grace period, gives it
+back to the outbox); a worker killed outright leaves its job to be claimed again once the lease
+expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+import traceback
+from datetime import timedelta
+
+from service import outbox
+from service.codat import CodatNotFound, CodatPermanent, CodatRetryable
+from service.db import Database, utcnow
+from service.errors import DatabaseUnavailable
+from service.followups import FollowUps
+from service.logs import get_logger
+from service.metrics import Metrics
+from service.outbox import Job, JobStatus, RetryPolicy
+
+log = get_logger("worker")
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Worker:
+    """One worker; several may run against one PostgreSQL database."""
+
+    def __init__(self, *, db: Database, followups: FollowUps, policy: RetryPolicy,
+                 lease_seconds: float, poll_seconds: float, metrics: Metrics | None = None,
+                 worker_id: str | None = None) -> None:
+        self._db = db
+        self._followups = followups
+        self._policy = policy
+        self._lease = timedelta(seconds=lease_seconds)
+        self._poll = poll_seconds
+        self._metrics = metrics
+        self.worker_id = worker_id or default_worker_id()
+        self._current: Job | None = None
+
+    async def run_once(self) -> int:
+        """Claim and run at most one due job; return how many ran (0 or 1)."""
+        now = utcnow()
+        paused = await self._db.read(outbox.paused_until)
+        if paused is not None and paused > now:
+            return 0  # Codat's quota is used up: every call waits for the reset
+        jobs = await self._db.write(lambda tx: outbox.claim(
+            tx, worker_id=self.worker_id, now=now, lease=self._lease, limit=1))
+        for job in jobs:
+            await self._execute(job)
+        return len(jobs)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until ``stop`` is set, between jobs."""
+        log.info("worker started", extra={"fields": {"worker_id": self.worker_id}})
+        while not stop.is_set():
+            try:
+                ran = await self.run_once()
+            except DatabaseUnavailable as exc:
+                log.warning("database unavailable", extra={"fields": {"error": str(exc)}})
+                ran = 0
+            if not ran:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self._poll)
+        log.info("worker stopped", extra={"fields": {"worker_id": self.worker_id}})
+
+    async def release_current(self) -> None:
+        """Give the running job back (used when a stop could not wait for it)."""
+        job = self._current
+        if job is not None:
+            await self._db.write(lambda tx: outbox.release(
+                tx, job=job, worker_id=self.worker_id, now=utcnow()))
+
+    async def _execute(self, job: Job) -> None:
+        started = time.perf_counter()
+        self._current = job
+        retry_after: float | None = None
+        try:
+            summary = await self._followups.run(job)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await self.release_current()
+            raise
+        except CodatRetryable as exc:
+            error, retryable, retry_after = str(exc), True, exc.retry_after
+        except CodatNotFound as exc:
+            error, retryable = str(exc), False
+        except CodatPermanent as exc:
+            error, retryable = str(exc), False
+        except Exception as exc:  # our own bug or a database hiccup: retry, then give up
+            error = "".join(traceback.format_exception_only(exc)).strip()
+            retryable = True
+        else:
+            await self._finish(job, JobStatus.DONE, None)
+            self._log(job, "done", started, summary=summary)
+            return
+        finally:
+            self._current = None
+        if retryable and job.attempts < job.max_attempts:
+            delay = self._policy.delay(job.attempts, retry_after)
+            await self._db.write(lambda tx: outbox.reschedule(
+                tx, job=job, worker_id=self.worker_id, at=utcnow() + timedelta(seconds=delay),
+                error=error, now=utcnow()))
+            self._log(job, "retry", started, error=error, retry_in=round(delay, 3))
+        else:
+            await self._finish(job, JobStatus.DEAD, error)
+            self._log(job, "dead", started, error=error)
+
+    async def _finish(self, job: Job, status: str, error: str | None) -> None:
+        await self._db.write(lambda tx: outbox.finish(
+            tx, job=job, worker_id=self.worker_id, status=status, error=error, now=utcnow()))
+
+    def _log(self, job: Job, result: str, started: float, **fields: object) -> None:
+        if self._metrics is not None:
+            self._metrics.job_runs.labels(job.kind.value, result).inc()
+        level = log.warning if result == "dead" else log.info
+        level("follow-up job", extra={"fields": {
+            "job_id": job.id, "kind": job.kind.value, "company_id": job.company_id,
+            "connection_id": job.connection_id, "attempt": job.attempts, "outcome": result,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 3), **fields}})
