@@ -93,6 +93,22 @@ def worker(worker_id: str | None) -> None:
     asyncio.run(run())
 
 
+@main.command()
+@click.option("--database-url", default=None,
+              help="Run against this database instead of a fresh SQLite file.")
+@click.option("--platform-key", default="qhyg", show_default=True)
+def demo(database_url: str | None, platform_key: str) -> None:
+    """The whole onboarding flow against the local sandbox Codat, end to end."""
+    import asyncio
+
+    from service.demo import DemoFailed, run_demo
+
+    try:
+        asyncio.run(run_demo(database_url=database_url, platform_key=platform_key))
+    except DemoFailed as exc:
+        raise click.ClickException(f"demo failed: {exc}") from None
+
+
 @main.group()
 def db() -> None:
     """Database schema migrations."""
@@ -109,6 +125,13 @@ def db_upgrade(revision: str) -> None:
     upgrade(settings.database_url, revision)
     click.echo(f"database {redact_url(settings.database_url)} is at {revision}")
 
+
+def _register() -> None:
+    from service.oncall_cli import register
+    register(main)
+
+
+_register()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -36,8 +36,8 @@ class Drift:
 
     company_id: str
     connection_id: str
-    ours: str | None
-    codat: str | None  # None: Codat no longer has it
+    ours: str | None  # None: we did not know the connection
+    codat: str  # "Deleted" when Codat no longer has it
     applied: bool = False
 
     @property
@@ -82,8 +82,7 @@ async def apply_codat_view(db: Database, *, company_id: str, connection_id: str,
         snapshot = await store.lock_connection(tx, connection_id=connection_id,
                                                company_id=company_id, now=now)
         ours = snapshot.state.value if snapshot.state else None
-        drift = Drift(company_id, connection_id, ours, None if connection is None
-                      else target.value)
+        drift = Drift(company_id, connection_id, ours, target.value)
         if not apply:
             return drift
         if snapshot.state is not target:

@@ -34,7 +34,7 @@ from schemas.events import (
 from schemas.state import Source, State
 from schemas.webhook import UnsupportedEvent, UnusableDelivery, parse_event
 from service import store
-from service.db import Tx, utcnow
+from service.db import Tx, sql, utcnow
 from service.store import Cause, DeliveryFacts, NewDelivery
 
 
@@ -120,6 +120,32 @@ async def ingest(tx: Tx, delivery: NewDelivery, examined: Examined) -> IngestRes
     if examined.event is not None:
         applied = await apply_event(tx, examined.event, delivery_id=delivery.message_id, now=now)
     return IngestResult(disposition, outcome, applied)
+
+
+_STORED = sql("SELECT body, body_sha256, outcome FROM deliveries WHERE message_id = $1{lock}")
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    message_id: str
+    before: Outcome | None  # None: no such delivery, or its body was pruned
+    after: Outcome | None
+    applied: Applied
+
+
+async def replay(tx: Tx, message_id: str) -> Replayed:
+    """Run a stored delivery through the ingest path again (idempotent: a processed event's
+    effects are not applied twice, because its history rows already exist)."""
+    row = await tx.fetchrow(_STORED, message_id)
+    if row is None or row["body"] is None:
+        return Replayed(message_id, None, None, Applied())
+    examined = examine(bytes(row["body"]))
+    now = utcnow()
+    await store.reprocess_delivery(tx, message_id=message_id, facts=examined.facts, now=now)
+    applied = Applied()
+    if examined.event is not None:
+        applied = await apply_event(tx, examined.event, delivery_id=message_id, now=now)
+    return Replayed(message_id, Outcome(row["outcome"]), Outcome(examined.facts.outcome), applied)
 
 
 async def record_failure(tx: Tx, delivery: NewDelivery, examined: Examined, error: str) -> None:

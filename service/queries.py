@@ -227,3 +227,53 @@ def parse_time(raw: str) -> datetime:
     if moment is None:
         raise BadQuery(f"{raw!r} is not an ISO-8601 date-time")
     return moment
+
+
+_RECENT_HISTORY = sql("""
+SELECT id, connection_id, company_id, from_state, to_state, result, source, event_id, event_type,
+    delivery_id, event_time, recorded_at, reason
+FROM connection_history WHERE connection_id = $1 ORDER BY id DESC LIMIT $2""")
+
+
+async def recent_history(tx: Tx, connection_id: str, *, limit: int) -> list[dict[str, Any]]:
+    """The newest ``limit`` history rows of a connection, oldest first."""
+    rows = await tx.fetch(_RECENT_HISTORY, connection_id, limit)
+    return [history_json(r) for r in reversed(rows)]
+
+
+@cache
+def _list_deliveries_sql(outcome: bool, after: bool) -> Sql:
+    clauses, n = ["received_at >= $1"], 1
+    if outcome:
+        n += 1
+        clauses.append(f"outcome = ${n}")
+    if after:
+        clauses.append(f"(received_at, message_id) > (${n + 1}, ${n + 2})")
+        n += 2
+    return sql(f"""
+SELECT message_id, msg_timestamp, event_id, event_type, company_id, connection_id, NULL AS body,
+    body_sha256, headers, secret_id, received_at, processed_at, outcome, error, attempts,
+    0 AS conflicts
+FROM deliveries WHERE {' AND '.join(clauses)} ORDER BY received_at, message_id
+LIMIT ${n + 1}""")
+
+
+async def list_deliveries(tx: Tx, *, since: datetime, outcome: str | None, limit: int,
+                          after: tuple[datetime, str] | None = None) -> list[dict[str, Any]]:
+    """Deliveries received since ``since``, oldest first, optionally of one outcome."""
+    args: list[Any] = [since]
+    if outcome:
+        args.append(outcome)
+    if after:
+        args += list(after)
+    rows = await tx.fetch(_list_deliveries_sql(bool(outcome), after is not None), *args, limit)
+    return [delivery_json(r, include_body=False) | {"_receivedAt": as_dt(r["received_at"])}
+            for r in rows]
+
+
+_COMPANY_IDS = sql(
+    "SELECT id FROM companies WHERE deleted = FALSE AND id > $1 ORDER BY id LIMIT $2")
+
+
+async def company_ids(tx: Tx, *, after: str, limit: int) -> list[str]:
+    return [r["id"] for r in await tx.fetch(_COMPANY_IDS, after, limit)]

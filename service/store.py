@@ -346,3 +346,34 @@ async def data_type_statuses(tx: Tx, *, company_id: str) -> dict[str, str]:
 async def linked_connection_id(tx: Tx, *, company_id: str) -> str | None:
     value = await tx.fetchval(_LINKED_CONNECTION, company_id)
     return None if value is None else str(value)
+
+
+# --- retention -------------------------------------------------------------------------------
+
+# Failed deliveries keep their bodies whatever their age: they are still to be replayed.
+_PRUNE_BODIES = sql("""
+UPDATE deliveries SET body = NULL WHERE message_id IN (
+    SELECT message_id FROM deliveries
+    WHERE received_at < $1 AND body IS NOT NULL AND outcome <> 'failed' LIMIT $2)
+RETURNING message_id""")
+
+_FORGET_DELIVERIES = sql("""
+DELETE FROM deliveries WHERE message_id IN (
+    SELECT message_id FROM deliveries WHERE received_at < $1 AND outcome <> 'failed' LIMIT $2)
+RETURNING message_id""")
+
+_FORGET_CONFLICTS = sql("""
+DELETE FROM delivery_conflicts WHERE id IN (
+    SELECT id FROM delivery_conflicts WHERE received_at < $1 LIMIT $2)
+RETURNING id""")
+
+
+async def prune_bodies(tx: Tx, *, before: datetime, limit: int) -> int:
+    """Drop the bodies of up to ``limit`` deliveries received before ``before``."""
+    return len(await tx.fetch(_PRUNE_BODIES, before, limit))
+
+
+async def forget_deliveries(tx: Tx, *, before: datetime, limit: int) -> int:
+    """Delete up to ``limit`` delivery records (and conflicts) received before ``before``."""
+    deleted = len(await tx.fetch(_FORGET_DELIVERIES, before, limit))
+    return deleted + len(await tx.fetch(_FORGET_CONFLICTS, before, limit))
