@@ -58,9 +58,11 @@ _PLACEHOLDER = re.compile(r"\$(\d+)")
 
 
 def sql(text: str) -> Sql:
-    """Build a statement from portable text with ``$n`` placeholders and ``{lock}`` markers."""
+    """Build a statement from portable text with ``$n`` placeholders and ``{lock}`` markers
+    (``IS DISTINCT FROM`` is written as SQLite's ``IS NOT`` there)."""
     pg = text.replace("{lock}", " FOR UPDATE").replace("{skip_locked}", " FOR UPDATE SKIP LOCKED")
     lite = _PLACEHOLDER.sub(r"?\1", text.replace("{lock}", "").replace("{skip_locked}", ""))
+    lite = lite.replace(" IS DISTINCT FROM ", " IS NOT ")  # SQLite's null-safe comparison
     return Sql(pg=pg, sqlite=lite)
 
 

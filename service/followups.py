@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from handlers import assess_readiness, decide_move
-from handlers.readiness import BILL_PAY_DATA_TYPES
+from handlers.readiness import BILL_PAY_DATA_TYPES, READING
 from schemas.commands import JobKind
 from schemas.events import ConnectionInfo, DataTypeRead
 from schemas.platforms import BillPayMode
@@ -24,10 +24,6 @@ from service.db import Database, Tx, utcnow
 from service.ingest import apply_move
 from service.outbox import Job
 from service.store import Cause
-
-# Dataset statuses that mean a read is under way: asking again would only queue a duplicate.
-_READING = frozenset({"Initial", "Queued", "Fetching", "MapQueued", "Mapping", "ProcessingQueued",
-                      "Processing", "ValidationQueued", "Validating"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,14 +81,14 @@ async def apply_codat_view(db: Database, *, company_id: str, connection_id: str,
         drift = Drift(company_id, connection_id, ours, target.value)
         if not apply:
             return drift
+        info = connection_info(connection) if connection is not None else None
+        errors = (connection.data_connection_errors or []) if connection is not None else None
         if snapshot.state is not target:
             move = decide_move(snapshot, target, source=Source.RECONCILE, event_time=None,
                                cause=cause.event_id or "reconcile")
-            await apply_move(tx, snapshot, move, cause, now=now)
-        if connection is not None and target is not State.DELETED:
-            errors = connection.data_connection_errors or []
-            await store.apply_details(tx, company_id=company_id, info=connection_info(connection),
-                                      errors=errors)
+            await apply_move(tx, snapshot, move, cause, now=now, info=info, errors=errors)
+        elif info is not None and target is not State.DELETED:
+            await store.apply_details(tx, company_id=company_id, info=info, errors=errors)
         return Drift(drift.company_id, drift.connection_id, drift.ours, drift.codat,
                      applied=drift.drifted)
 
@@ -172,7 +168,7 @@ class FollowUps:
         if refresh:
             for data_type in BILL_PAY_DATA_TYPES:
                 status = reads.get(data_type)
-                if status in _READING or status == "Complete":
+                if status in READING or status == "Complete":
                     continue
                 await self._client.refresh_data_type(
                     company_id, data_type, connection_id=connection_id,

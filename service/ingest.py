@@ -17,13 +17,16 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from handlers import decide_connection_event, decide_move
 from schemas.commands import Command, ConnectionSnapshot, JobKind, Move
 from schemas.events import (
     CompanyEvent,
     CompanyEventKind,
+    CompanyInfo,
     ConnectionEvent,
+    ConnectionInfo,
     Event,
     RateLimitChanged,
     ReadCompleted,
@@ -104,22 +107,40 @@ async def ingest(tx: Tx, delivery: NewDelivery, examined: Examined) -> IngestRes
     """The unit of work for one delivery (see the module docstring for the order)."""
     now = utcnow()
     outcome = Outcome(examined.facts.outcome)
-    disposition = Disposition.STORED
-    if not await store.insert_delivery(tx, delivery=delivery, facts=examined.facts):
-        existing = await store.lock_delivery(tx, message_id=delivery.message_id)
-        assert existing is not None
-        if existing["body_sha256"] != delivery.sha256:
-            await store.record_conflict(tx, delivery=delivery)
-            return IngestResult(Disposition.CONFLICT, Outcome(existing["outcome"]), Applied())
-        if existing["outcome"] != Outcome.FAILED:
-            return IngestResult(Disposition.DUPLICATE, Outcome(existing["outcome"]), Applied())
-        await store.reprocess_delivery(tx, message_id=delivery.message_id,
-                                       facts=examined.facts, now=now)
-        disposition = Disposition.REPROCESSED
+    event = examined.event
+    if isinstance(event, ConnectionEvent):  # the hot path: fewest statements
+        snapshot = await store.open_connection_event(tx, delivery=delivery,
+                                                     facts=examined.facts, event=event, now=now)
+        if snapshot is not None:
+            applied = Applied()
+            await _apply_connection_event(tx, event, snapshot, delivery.message_id, applied,
+                                          now=now)
+            return IngestResult(Disposition.STORED, outcome, applied)
+    elif await store.insert_delivery(tx, delivery=delivery, facts=examined.facts):
+        applied = Applied()
+        if event is not None:
+            applied = await apply_event(tx, event, delivery_id=delivery.message_id, now=now)
+        return IngestResult(Disposition.STORED, outcome, applied)
+    return await _stored_before(tx, delivery, examined, now=now)
+
+
+async def _stored_before(tx: Tx, delivery: NewDelivery, examined: Examined, *,
+                         now: datetime) -> IngestResult:
+    """The message id is stored already: a duplicate, a conflict, or a failure to retry."""
+    outcome = Outcome(examined.facts.outcome)
+    existing = await store.lock_delivery(tx, message_id=delivery.message_id)
+    assert existing is not None
+    if existing["body_sha256"] != delivery.sha256:
+        await store.record_conflict(tx, delivery=delivery)
+        return IngestResult(Disposition.CONFLICT, Outcome(existing["outcome"]), Applied())
+    if existing["outcome"] != Outcome.FAILED:
+        return IngestResult(Disposition.DUPLICATE, Outcome(existing["outcome"]), Applied())
+    await store.reprocess_delivery(tx, message_id=delivery.message_id, facts=examined.facts,
+                                   now=now)
     applied = Applied()
     if examined.event is not None:
         applied = await apply_event(tx, examined.event, delivery_id=delivery.message_id, now=now)
-    return IngestResult(disposition, outcome, applied)
+    return IngestResult(Disposition.REPROCESSED, outcome, applied)
 
 
 _STORED = sql("SELECT body, body_sha256, outcome FROM deliveries WHERE message_id = $1{lock}")
@@ -162,15 +183,7 @@ async def apply_event(tx: Tx, event: Event, *, delivery_id: str | None,
                                    now=now)
         snapshot = await store.lock_connection(tx, connection_id=event.connection.id,
                                                company_id=event.company.id, now=now)
-        move = decide_connection_event(event, snapshot)
-        cause = Cause(event.meta.event_id, event.meta.event_type, delivery_id,
-                      event.meta.generated_at)
-        if await _record_move(tx, snapshot, move, cause, applied, now=now) and move.applied:
-            errors = event.connection.errors
-            if errors is None and move.to_state is not State.DELETED:
-                errors = []  # a move that does not report errors clears the old ones
-            await store.apply_details(tx, company_id=event.company.id, info=event.connection,
-                                      errors=errors)
+        await _apply_connection_event(tx, event, snapshot, delivery_id, applied, now=now)
     elif isinstance(event, CompanyEvent):
         await store.upsert_company(tx, company=event.company, event_time=event.meta.generated_at,
                                    now=now)
@@ -199,21 +212,33 @@ async def apply_event(tx: Tx, event: Event, *, delivery_id: str | None,
 
 
 async def apply_move(tx: Tx, snapshot: ConnectionSnapshot, move: Move, cause: Cause, *,
-                     now: datetime) -> bool:
+                     now: datetime, info: ConnectionInfo | None = None,
+                     errors: list[dict[str, Any]] | None = None) -> bool:
     """Record a decided move and, if applied, write it (for the API and reconcile paths)."""
-    return await _record_move(tx, snapshot, move, cause, Applied(), now=now)
+    return await _record_move(tx, snapshot, move, cause, Applied(), now=now, info=info,
+                              errors=errors)
+
+
+async def _apply_connection_event(tx: Tx, event: ConnectionEvent, snapshot: ConnectionSnapshot,
+                                  delivery_id: str | None, applied: Applied, *,
+                                  now: datetime) -> None:
+    move = decide_connection_event(event, snapshot)
+    cause = Cause(event.meta.event_id, event.meta.event_type, delivery_id,
+                  event.meta.generated_at)
+    errors = event.connection.errors
+    if errors is None and move.to_state is not State.DELETED:
+        errors = []  # a move that does not report errors clears the old ones
+    await _record_move(tx, snapshot, move, cause, applied, now=now, info=event.connection,
+                       errors=errors, company=event.company)
 
 
 async def _record_move(tx: Tx, snapshot: ConnectionSnapshot, move: Move, cause: Cause,
-                       applied: Applied, *, now: datetime) -> bool:
-    # The history row goes first: its unique (connection, event) key is what makes a replayed
-    # event a no-op, so nothing else is written when it already exists.
-    if not await store.record_history(tx, snapshot=snapshot, move=move, cause=cause, now=now):
+                       applied: Applied, *, now: datetime, info: ConnectionInfo | None = None,
+                       errors: list[dict[str, Any]] | None = None,
+                       company: CompanyInfo | None = None) -> bool:
+    if not await store.record_move(tx, snapshot=snapshot, move=move, cause=cause, info=info,
+                                  errors=errors, company=company, now=now):
         return False
-    if move.applied:
-        await store.apply_move(tx, connection_id=snapshot.id, move=move,
-                               event_time=cause.event_time, event_id=cause.event_id, now=now)
-    await store.enqueue(tx, commands=move.commands, now=now)
     applied.moves.append((snapshot.id, move))
     applied.jobs += len(move.commands)
     return True

@@ -219,11 +219,9 @@ class OnboardingApi:
             target = State(known.value) if known else expected
             move: Move = decide_move(snapshot, target, source=Source.API, event_time=None,
                                      cause=cause.event_id or "api")
-            await apply_move(tx, snapshot, move, cause, now=now)
-            if move.applied or not snapshot.exists:
-                await store.apply_details(tx, company_id=company_id,
-                                          info=connection_info(connection),
-                                          errors=connection.data_connection_errors or [])
+            info = connection_info(connection)
+            errors = connection.data_connection_errors or []
+            await apply_move(tx, snapshot, move, cause, now=now, info=info, errors=errors)
         return write
 
     async def _idempotent(self, request: Request, action: Action,

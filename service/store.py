@@ -12,7 +12,13 @@ from datetime import datetime
 from typing import Any
 
 from schemas.commands import Command, ConnectionSnapshot, Move
-from schemas.events import CompanyInfo, ConnectionInfo, DataTypeRead, WriteCompleted
+from schemas.events import (
+    CompanyInfo,
+    ConnectionEvent,
+    ConnectionInfo,
+    DataTypeRead,
+    WriteCompleted,
+)
 from schemas.state import State
 from service.db import Row, Tx, as_dt, sql, to_json
 
@@ -112,6 +118,8 @@ async def record_conflict(tx: Tx, *, delivery: NewDelivery) -> None:
 
 # --- companies -------------------------------------------------------------------------------
 
+# A company is refreshed only when an event says something new of it, and never by an event
+# older than the one that last did: most events name a company we know and change nothing.
 _UPSERT_COMPANY = sql("""
 INSERT INTO companies (id, name, description, tags, redirect, products, created, deleted,
     bill_pay_ready, last_event_at, created_at, updated_at)
@@ -125,8 +133,18 @@ ON CONFLICT (id) DO UPDATE SET
     created = COALESCE(excluded.created, companies.created),
     last_event_at = COALESCE(excluded.last_event_at, companies.last_event_at),
     updated_at = excluded.updated_at
-WHERE companies.last_event_at IS NULL OR excluded.last_event_at IS NULL
-    OR excluded.last_event_at >= companies.last_event_at""")
+WHERE (companies.last_event_at IS NULL OR excluded.last_event_at IS NULL
+        OR excluded.last_event_at >= companies.last_event_at)
+    AND ((excluded.name IS NOT NULL AND companies.name IS DISTINCT FROM excluded.name)
+        OR (excluded.description IS NOT NULL
+            AND companies.description IS DISTINCT FROM excluded.description)
+        OR (excluded.tags IS NOT NULL
+            AND CAST(companies.tags AS TEXT) IS DISTINCT FROM CAST(excluded.tags AS TEXT))
+        OR (excluded.redirect IS NOT NULL
+            AND companies.redirect IS DISTINCT FROM excluded.redirect)
+        OR (excluded.products IS NOT NULL
+            AND CAST(companies.products AS TEXT) IS DISTINCT FROM CAST(excluded.products AS TEXT))
+        OR (excluded.created IS NOT NULL AND companies.created IS NULL))""")
 
 _INSERT_COMPANY_IF_MISSING = sql("""
 INSERT INTO companies (id, deleted, bill_pay_ready, created_at, updated_at)
@@ -167,13 +185,19 @@ _COMPANY_CONNECTIONS_FOR_UPDATE = sql("""
 SELECT id, company_id, status, deleted, last_event_at FROM connections
 WHERE company_id = $1 AND deleted = FALSE ORDER BY id{lock}""")
 
-_APPLY_MOVE = sql("""
-UPDATE connections SET
+# One UPDATE writes a move and what the event says of the connection (NULL keeps a value).
+_APPLY = """UPDATE connections SET
     status = COALESCE($2, status), deleted = $3,
     deleted_at = CASE WHEN $3 THEN COALESCE(deleted_at, $4) ELSE NULL END,
     last_event_at = COALESCE($5, last_event_at), last_event_id = COALESCE($6, last_event_id),
-    version = version + 1, updated_at = $4
-WHERE id = $1""")
+    version = version + 1, updated_at = $4,
+    company_id = COALESCE($7, company_id), platform_key = COALESCE($8, platform_key),
+    platform_name = COALESCE($9, platform_name), source_type = COALESCE($10, source_type),
+    integration_id = COALESCE($11, integration_id), source_id = COALESCE($12, source_id),
+    link_url = COALESCE($13, link_url), created = COALESCE($14, created),
+    last_sync = COALESCE($15, last_sync), errors = COALESCE($16, errors)
+WHERE id = $1"""
+_APPLY_MOVE = sql(_APPLY)
 
 _APPLY_DETAILS = sql("""
 UPDATE connections SET
@@ -185,9 +209,9 @@ UPDATE connections SET
 WHERE id = $1""")
 
 
-def _snapshot(row: Row, *, exists: bool = True) -> ConnectionSnapshot:
+def _snapshot(row: Row) -> ConnectionSnapshot:
     return ConnectionSnapshot(
-        id=row["id"], company_id=row["company_id"], exists=exists and row["status"] is not None,
+        id=row["id"], company_id=row["company_id"], exists=row["status"] is not None,
         state=State.of(row["status"], deleted=bool(row["deleted"])),
         last_event_at=as_dt(row["last_event_at"]))
 
@@ -207,21 +231,139 @@ async def lock_company_connections(tx: Tx, *, company_id: str) -> list[Connectio
     return [_snapshot(r) for r in await tx.fetch(_COMPANY_CONNECTIONS_FOR_UPDATE, company_id)]
 
 
-async def apply_move(tx: Tx, *, connection_id: str, move: Move, event_time: datetime | None,
-                     event_id: str | None, now: datetime) -> None:
-    """Write an applied move's new state onto the connection."""
-    deleted = move.to_state is State.DELETED
-    status = None if deleted else move.to_state.value
-    await tx.execute(_APPLY_MOVE, connection_id, status, deleted, now, event_time, event_id)
-
-
 async def apply_details(tx: Tx, *, company_id: str, info: ConnectionInfo,
                         errors: list[dict[str, Any]] | None) -> None:
-    """Refresh what Codat says of a connection (platform, link, errors) alongside a move."""
+    """Refresh what Codat says of a connection (platform, link, errors) without a move."""
     await tx.execute(
         _APPLY_DETAILS, info.id, company_id, info.platform_key, info.platform_name,
         info.source_type, info.integration_id, info.source_id, info.link_url, info.created,
         info.last_sync, to_json(errors))
+
+
+# --- the delivery path, fused on PostgreSQL --------------------------------------------------
+# Each statement is a round trip, and round trips are what bound a receiver on PostgreSQL. There,
+# data-modifying CTEs do in one statement what SQLite (in-process, no round trips) does in
+# several: the same rows, the same conflict rules. The CTEs of one statement run in no defined
+# order, so at most ONE of them may take a row lock another transaction could also want.
+
+_PG_OPEN_CONNECTION_EVENT = sql("""
+WITH fresh AS (
+    INSERT INTO deliveries (message_id, msg_timestamp, event_id, event_type, company_id,
+        connection_id, body, body_sha256, headers, secret_id, received_at, processed_at,
+        outcome, error, attempts)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, 1)
+    ON CONFLICT (message_id) DO NOTHING
+    RETURNING message_id
+), company AS (
+    -- DO NOTHING takes no lock on an existing company; a refresh comes after the move.
+    INSERT INTO companies (id, name, description, tags, deleted, bill_pay_ready, last_event_at,
+        created_at, updated_at)
+    SELECT $5, $14, $15, $16::text::json, FALSE, FALSE, $17::timestamptz, $11, $11
+    WHERE EXISTS (SELECT 1 FROM fresh)
+    ON CONFLICT (id) DO NOTHING
+), locked AS (
+    SELECT id, company_id, status, deleted, last_event_at FROM connections
+    WHERE id = $6 AND EXISTS (SELECT 1 FROM fresh)
+    FOR UPDATE
+), placeholder AS (
+    INSERT INTO connections (id, company_id, deleted, version, created_at, updated_at)
+    SELECT $6, $5, FALSE, 0, $11, $11
+    WHERE EXISTS (SELECT 1 FROM fresh) AND NOT EXISTS (SELECT 1 FROM locked)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+)
+SELECT EXISTS (SELECT 1 FROM fresh) AS fresh, EXISTS (SELECT 1 FROM placeholder) AS created,
+    locked.id, locked.company_id, locked.status, locked.deleted, locked.last_event_at
+FROM (SELECT 1) AS one LEFT JOIN locked ON TRUE""")
+
+_PG_RECORD_MOVE = sql(f"""
+WITH history AS (
+    INSERT INTO connection_history (connection_id, company_id, from_state, to_state, result,
+        source, event_id, event_type, delivery_id, event_time, recorded_at, reason)
+    VALUES ($1, $17, $18, $19, $20, $21, $22, $23, $24, $25, $4, $26)
+    ON CONFLICT (connection_id, event_id, event_type) DO NOTHING
+    RETURNING id
+), moved AS (
+    {_APPLY} AND $27::boolean AND EXISTS (SELECT 1 FROM history)
+), company AS (
+    UPDATE companies SET name = COALESCE($28::text, name),
+        description = COALESCE($29::text, description),
+        tags = COALESCE($30::text::json, tags), last_event_at = COALESCE($25, last_event_at),
+        updated_at = $4
+    WHERE id = $17 AND EXISTS (SELECT 1 FROM history)
+        AND (last_event_at IS NULL OR $25 IS NULL OR $25 >= last_event_at)
+        AND (($28::text IS NOT NULL AND name IS DISTINCT FROM $28::text)
+            OR ($29::text IS NOT NULL AND description IS DISTINCT FROM $29::text)
+            OR ($30::text IS NOT NULL AND CAST(tags AS TEXT) IS DISTINCT FROM $30::text))
+)
+SELECT EXISTS (SELECT 1 FROM history)""")
+
+
+async def open_connection_event(tx: Tx, *, delivery: NewDelivery, facts: DeliveryFacts,
+                                event: ConnectionEvent, now: datetime,
+                                ) -> ConnectionSnapshot | None:
+    """Store a connection event's delivery and, if new, make sure its company exists and lock
+    its connection (created, state unknown, if never seen). None: the message id is stored
+    already."""
+    company, connection_id = event.company, event.connection.id
+    if tx.dialect != "postgresql":
+        if not await insert_delivery(tx, delivery=delivery, facts=facts):
+            return None
+        await upsert_company(tx, company=company, event_time=event.meta.generated_at, now=now)
+        return await lock_connection(tx, connection_id=connection_id, company_id=company.id,
+                                     now=now)
+    row = await tx.fetchrow(
+        _PG_OPEN_CONNECTION_EVENT, delivery.message_id, delivery.timestamp, facts.event_id,
+        facts.event_type, company.id, connection_id, delivery.body, delivery.sha256,
+        to_json(delivery.headers), delivery.secret_id, delivery.received_at, facts.outcome,
+        facts.error, company.name, company.description, to_json(company.tags),
+        event.meta.generated_at)
+    assert row is not None
+    if not row["fresh"]:
+        return None
+    if row["id"] is not None:
+        return _snapshot(row)
+    if row["created"]:
+        return ConnectionSnapshot(connection_id, company.id, exists=False, state=None,
+                                  last_event_at=None)
+    # Another transaction created the connection after this statement began: lock its row.
+    return await lock_connection(tx, connection_id=connection_id, company_id=company.id, now=now)
+
+
+async def record_move(tx: Tx, *, snapshot: ConnectionSnapshot, move: Move, cause: Cause,
+                      info: ConnectionInfo | None = None,
+                      errors: list[dict[str, Any]] | None = None,
+                      company: CompanyInfo | None = None, now: datetime) -> bool:
+    """Record a move's history row; if applied, write it with what ``info`` says of the
+    connection; refresh what ``company`` says of its company; enqueue its follow-ups.
+
+    False, and nothing written, when this event was already recorded for the connection: that
+    unique history row is what makes a replayed event a no-op.
+    """
+    reason = "; ".join(r for r in (cause.reason, move.reason) if r) or None
+    deleted = move.to_state is State.DELETED
+    status = None if deleted else move.to_state.value
+    details: tuple[Any, ...] = (None,) * 9 if info is None else (
+        info.platform_key, info.platform_name, info.source_type, info.integration_id,
+        info.source_id, info.link_url, info.created, info.last_sync, to_json(errors))
+    apply_args = (snapshot.id, status, deleted, now, cause.event_time, cause.event_id,
+                  snapshot.company_id, *details)
+    history_args = (snapshot.company_id, move.from_state.value if move.from_state else None,
+                    move.to_state.value, move.result.value, move.source.value, cause.event_id,
+                    cause.event_type, cause.delivery_id, cause.event_time, reason)
+    if tx.dialect == "postgresql":
+        company_args = ((None, None, None) if company is None
+                        else (company.name, company.description, to_json(company.tags)))
+        recorded = bool(await tx.fetchval(_PG_RECORD_MOVE, *apply_args, *history_args,
+                                          move.applied, *company_args))
+    else:
+        recorded = await tx.fetchrow(_INSERT_HISTORY, snapshot.id, *history_args[:9], now,
+                                     reason) is not None
+        if recorded and move.applied:
+            await tx.execute(_APPLY_MOVE, *apply_args)
+    if recorded and move.commands:
+        await enqueue(tx, commands=move.commands, now=now)
+    return recorded
 
 
 # --- history and outbox ----------------------------------------------------------------------
@@ -249,18 +391,6 @@ class Cause:
     delivery_id: str | None
     event_time: datetime | None
     reason: str | None = None
-
-
-async def record_history(tx: Tx, *, snapshot: ConnectionSnapshot, move: Move, cause: Cause,
-                         now: datetime) -> bool:
-    """Add the move's history row; False if this event was already recorded for the connection."""
-    reason = "; ".join(r for r in (cause.reason, move.reason) if r) or None
-    row = await tx.fetchrow(
-        _INSERT_HISTORY, snapshot.id, snapshot.company_id,
-        move.from_state.value if move.from_state else None, move.to_state.value,
-        move.result.value, move.source.value, cause.event_id, cause.event_type,
-        cause.delivery_id, cause.event_time, now, reason)
-    return row is not None
 
 
 async def enqueue(tx: Tx, *, commands: tuple[Command, ...] | list[Command], now: datetime,
