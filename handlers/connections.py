@@ -55,7 +55,8 @@ def decide_connection_event(event: ConnectionEvent, snapshot: ConnectionSnapshot
                            f"but the connection is {snapshot.state}")
     move = decide_move(snapshot, target, source=Source.WEBHOOK,
                        event_time=event.meta.generated_at, cause=cause)
-    if move.applied and not snapshot.exists and event.kind is not ConnectionEventKind.CREATED:
+    if move.applied and not snapshot.exists and event.kind not in (
+            ConnectionEventKind.CREATED, ConnectionEventKind.DELETED):
         # First we hear of it, mid-life: ask Codat for the whole connection.
         return Move(move.result, move.source, move.from_state, move.to_state,
                     (*move.commands, _reconcile(snapshot, cause)), move.reason)

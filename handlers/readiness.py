@@ -11,6 +11,11 @@ BILL_PAY_DATA_TYPES: tuple[str, ...] = (
     "suppliers",
 )
 _DONE = "Complete"
+# Dataset statuses that mean a read is under way (contract section 5.1); any other status that
+# is not Complete means the read ended without the data (an error, NotSupported, Cancelled...).
+READING: frozenset[str] = frozenset({
+    "Initial", "Queued", "Fetching", "MapQueued", "Mapping", "ProcessingQueued", "Processing",
+    "ValidationQueued", "Validating"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,5 +28,5 @@ class Readiness:
 def assess_readiness(statuses: Mapping[str, str]) -> Readiness:
     """Async Bill Pay is ready once every Bill Pay data type has a completed read."""
     missing = tuple(t for t in BILL_PAY_DATA_TYPES if statuses.get(t) != _DONE)
-    failed = tuple(t for t in missing if statuses.get(t, "").endswith("Error"))
+    failed = tuple(t for t in missing if t in statuses and statuses[t] not in READING)
     return Readiness(not missing, missing, failed)

@@ -47,7 +47,8 @@ class UnsupportedEvent(Exception):
 
 
 def parse_datetime(value: object) -> datetime | None:
-    """Codat's ISO-8601 forms; naive values are taken as UTC (Codat documents them as UTC)."""
+    """Codat's ISO-8601 forms. A value without a zone is taken as UTC: the dates we order by
+    (``generatedDate``) are documented as UTC, and the rest are only displayed."""
     if isinstance(value, datetime):
         parsed = value
     elif isinstance(value, str) and value:
@@ -188,6 +189,10 @@ def parse_event(body: bytes) -> Event:
         raise UnusableDelivery("body is not a JSON object")
     try:
         if "RuleType" in document and "eventType" not in document:
+            rule = document["RuleType"]
+            if rule != _LEGACY_STATUS_CHANGED and isinstance(rule, str):
+                alert = document.get("AlertId")
+                raise UnsupportedEvent(rule, alert if isinstance(alert, str) else None)
             return _parse_legacy(_LegacyBody.model_validate(document))
         if "eventType" not in document and "type" in document:
             document = {**document, "eventType": document["type"]}
@@ -230,8 +235,6 @@ def _parse_current(envelope: _Envelope) -> Event:
 
 
 def _parse_legacy(body: _LegacyBody) -> Event:
-    if body.RuleType != _LEGACY_STATUS_CHANGED:
-        raise UnsupportedEvent(body.RuleType, body.AlertId)
     connection_id = body.DataConnectionId or body.Data.data_connection_id
     if not connection_id:
         raise UnusableDelivery("legacy body names no data connection")

@@ -95,7 +95,8 @@ def encode_cursor(last: str) -> str:
 
 def decode_cursor(cursor: str) -> str:
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        return base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_",
+                                validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise BadQuery("cursor: not a cursor this API returned") from None
 
@@ -103,7 +104,7 @@ def decode_cursor(cursor: str) -> str:
 def parse_limit(raw: str | None, default: int = 100) -> int:
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_LIMIT:
         raise BadQuery(f"limit: must be a whole number from 1 to {MAX_LIMIT}")
     return int(raw)
 
@@ -175,7 +176,12 @@ def history_json(row: Row) -> dict[str, Any]:
 
 async def connection_history(tx: Tx, connection_id: str, *, limit: int,
                              cursor: str | None) -> dict[str, Any]:
-    after = int(decode_cursor(cursor)) if cursor else 0
+    after = 0
+    if cursor:
+        position = decode_cursor(cursor)
+        if not (position.isascii() and position.isdigit()):
+            raise BadQuery("cursor: not a cursor of this connection's history")
+        after = int(position)
     rows = await tx.fetch(_HISTORY, connection_id, after, limit + 1)
     page = [history_json(r) for r in rows[:limit]]
     more = len(rows) > limit

@@ -45,10 +45,13 @@ def _json(status: int, content: dict[str, object], headers: dict[str, str] | Non
     return Response(orjson.dumps(content), status, headers, media_type="application/json")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+def _check_declared_length(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body is larger than {limit} bytes")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -73,9 +76,7 @@ class Receiver:
     async def __call__(self, request: Request) -> Response:
         started = time.perf_counter()
         try:
-            declared = request.headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self._max_body:
-                raise PayloadTooLarge(f"body is larger than {self._max_body} bytes")
+            _check_declared_length(request, self._max_body)
             signed = signed_headers(request.headers)
             body = await _read_body(request, self._max_body)
             secret_id = self._verifier.verify(body, signed)

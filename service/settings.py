@@ -59,7 +59,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     codat_webhook_secrets: SecretStr = Field(default=SecretStr(""))
-    database_url: str = "sqlite:///./codat-hooks.db"
+    # repr=False: a PostgreSQL URL may carry a password.
+    database_url: str = Field(default="sqlite:///./codat-hooks.db", repr=False)
     webhook_tolerance_seconds: int = Field(default=300, ge=1, le=SVIX_MAX_TOLERANCE)
     webhook_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     service_api_tokens: SecretStr = Field(default=SecretStr(""))
@@ -91,7 +92,7 @@ class Settings(BaseSettings):
     @classmethod
     def _secrets_are_well_formed(cls, value: SecretStr) -> SecretStr:
         # Empty is allowed here (the CLI needs no secret); the receiver refuses to start without.
-        if value.get_secret_value().strip():
+        if _split(value.get_secret_value()):
             parse_webhook_secrets(value.get_secret_value())
         return value
 
@@ -109,7 +110,8 @@ class Settings(BaseSettings):
         try:
             return parse_webhook_secrets(self.codat_webhook_secrets.get_secret_value())
         except ValueError as exc:
-            raise ConfigError(f"invalid configuration: CODAT_WEBHOOK_SECRETS: {exc}") from None
+            problem = str(exc)  # our own message: it never quotes a secret
+        raise ConfigError(f"invalid configuration: CODAT_WEBHOOK_SECRETS: {problem}")
 
     @property
     def codat_api_key_value(self) -> str:
@@ -126,12 +128,14 @@ class Settings(BaseSettings):
 
 def load_settings(**overrides: object) -> Settings:
     """Build the settings once; a bad value stops start-up with a message naming the variable."""
+    problems = []
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = []
         for error in exc.errors():
             name = str(error["loc"][0]).upper() if error["loc"] else "settings"
             message = str(error["msg"]).removeprefix("Value error, ")
             problems.append(f"{name}: {message}")
-        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+    # Raised outside the except block: the validation error (which quotes the input, secrets
+    # included) must not travel along as this error's __context__.
+    raise ConfigError("invalid configuration: " + "; ".join(problems))
