@@ -94,6 +94,34 @@ def worker(worker_id: str | None) -> None:
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8100, show_default=True, type=int)
+@click.option("--webhook-url", default="http://127.0.0.1:8000/webhooks/codat", show_default=True,
+              help="Where to deliver webhooks ('' to only record them).")
+@click.option("--secret", envvar="SANDBOX_WEBHOOK_SECRET", default=None,
+              help="whsec_... to sign with (default: the first of CODAT_WEBHOOK_SECRETS).")
+@click.option("--api-key", envvar="SANDBOX_API_KEY", default=None,
+              help="The API key to accept (default: CODAT_API_KEY).")
+def sandbox(host: str, port: int, webhook_url: str, secret: str | None,
+            api_key: str | None) -> None:
+    """Run the sandbox: a local Codat with a Link page and signed webhooks, on loopback."""
+    import uvicorn
+
+    from service.sandbox import SandboxConfig, create_sandbox_app
+
+    settings = _settings()
+    try:
+        secret = secret or settings.webhook_secrets[0].value
+        api_key = api_key or settings.codat_api_key_value
+    except ConfigError as exc:
+        raise click.ClickException(f"{exc} (or pass --secret / --api-key)") from None
+    config = SandboxConfig(api_key=api_key, webhook_secret=secret,
+                           webhook_url=webhook_url or None, public_url=f"http://{host}:{port}")
+    click.echo(f"sandbox Codat on http://{host}:{port}, delivering to {webhook_url or 'nowhere'}")
+    uvicorn.run(create_sandbox_app(config), host=host, port=port, log_level="warning")
+
+
+@main.command()
 @click.option("--database-url", default=None,
               help="Run against this database instead of a fresh SQLite file.")
 @click.option("--platform-key", default="qhyg", show_default=True)
