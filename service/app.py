@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -30,10 +31,12 @@ from service.logs import get_logger
 from service.metrics import Metrics
 from service.migrate import current_revision, head_revision
 from service.onboarding import OnboardingApi
+from service.oncall_page import oncall_routes
 from service.openapi import openapi_document
 from service.outbox import RetryPolicy
 from service.receiver import Receiver
 from service.settings import Settings, load_settings
+from service.timing import RequestTiming
 from service.verify import Verifier
 from service.worker import Worker
 
@@ -152,8 +155,10 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
         *QueryApi(database).routes(auth),
         *OnboardingApi(db=database, client=client,
                        mode=BillPayMode(settings.bill_pay_mode)).routes(auth),
+        *oncall_routes(database, auth),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    middleware=[Middleware(RequestTiming, metrics=metrics)])
     app.state.settings = settings
     app.state.db = database
     app.state.metrics = metrics
