@@ -219,3 +219,7 @@ class ApiIdempotency(SQLModel, table=True):
     response: str | None = None
     created_at: datetime = _ts(nullable=False, index=True)
     completed_at: datetime | None = _ts()
+    # Set when the Codat call failed: a retry with the same key may try again.
+    failed_at: datetime | None = _ts()
+    # Codat caches a 5xx under its Idempotency-Key; after one, the next try needs a new key.
+    codat_attempt: int = Field(default=0, sa_column_kwargs={"server_default": "0"})

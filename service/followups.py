@@ -172,7 +172,9 @@ class FollowUps:
                     continue
                 await self._client.refresh_data_type(
                     company_id, data_type, connection_id=connection_id,
-                    idempotency_key=f"{job.id}:{data_type}")
+                    # Per attempt: Codat replays a cached 5xx to a reused key for 90 minutes,
+                    # and queueing a read twice is harmless.
+                    idempotency_key=f"{job.id}:{data_type}:{job.attempts}")
                 queued.append(data_type)
 
         async def work(tx: Tx) -> dict[str, str]:

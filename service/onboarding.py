@@ -114,8 +114,12 @@ _BEGIN_KEY = sql("""
 INSERT INTO api_idempotency (key, request_hash, created_at) VALUES ($1, $2, $3)
 ON CONFLICT (key) DO NOTHING RETURNING key""")
 _GET_KEY = sql("""
-SELECT request_hash, status_code, response, created_at FROM api_idempotency WHERE key = $1{lock}""")
-_RESTART_KEY = sql("UPDATE api_idempotency SET created_at = $2 WHERE key = $1")
+SELECT request_hash, status_code, response, created_at, failed_at, codat_attempt
+FROM api_idempotency WHERE key = $1{lock}""")
+_RESTART_KEY = sql("UPDATE api_idempotency SET created_at = $2, failed_at = NULL WHERE key = $1")
+_FAIL_KEY = sql("""
+UPDATE api_idempotency SET failed_at = $2, codat_attempt = codat_attempt + $3
+WHERE key = $1 AND status_code IS NULL""")
 _COMPLETE_KEY = sql("""
 UPDATE api_idempotency SET status_code = $2, response = $3, completed_at = $4 WHERE key = $1""")
 _FORGET_KEY = sql("DELETE FROM api_idempotency WHERE key = $1 AND status_code IS NULL")
@@ -229,18 +233,25 @@ class OnboardingApi:
         caller_key = request.headers.get("idempotency-key")
         body = await request.body()
         key = None
+        codat_key = uuid.uuid4().hex
         if caller_key:
             key = f"{request.method} {request.url.path} {caller_key}"
             request_hash = hashlib.sha256(body).hexdigest()
-            replay = await self._db.write(lambda tx: _begin(tx, key or "", request_hash))
-            if replay is not None:
-                return replay
-        codat_key = (hashlib.sha256(f"codat-hooks {key}".encode()).hexdigest()[:32]
-                     if key else uuid.uuid4().hex)
+            begun = await self._db.write(lambda tx: _begin(tx, key or "", request_hash))
+            if isinstance(begun, Response):
+                return begun
+            # The same caller key gives the same Codat key, so a retry cannot create a second
+            # company; only after Codat answered 5xx (which it caches under the key) a new one.
+            seed = f"codat-hooks {key}" + (f" {begun}" if begun else "")
+            codat_key = hashlib.sha256(seed.encode()).hexdigest()[:32]
         try:
             try:
                 resource_id, write = await action(codat_key)
             except CodatError as exc:
+                if key:
+                    rotate = int(exc.status is not None and exc.status >= 500)
+                    await self._db.write(lambda tx: tx.execute(_FAIL_KEY, key, utcnow(), rotate))
+                    key = None  # kept, marked failed: the caller may retry with it
                 raise codat_failure(exc) from None
 
             async def commit(tx: Tx) -> _Result:
@@ -261,11 +272,12 @@ class OnboardingApi:
         return json_response(result.body, result.status)
 
 
-async def _begin(tx: Tx, key: str, request_hash: str) -> Response | None:
-    """Start a keyed request; or the answer to give now (replay, 422 or 409)."""
+async def _begin(tx: Tx, key: str, request_hash: str) -> Response | int:
+    """Start a keyed request and return its Codat attempt number; or the answer to give now
+    (a replay, 422 or 409)."""
     now = utcnow()
     if await tx.fetchrow(_BEGIN_KEY, key, request_hash, now) is not None:
-        return None
+        return 0
     row = await tx.fetchrow(_GET_KEY, key)
     assert row is not None
     if row["request_hash"] != request_hash:
@@ -274,9 +286,10 @@ async def _begin(tx: Tx, key: str, request_hash: str) -> Response | None:
         return Response(row["response"], row["status_code"], {"Idempotent-Replayed": "true"},
                         media_type="application/json")
     created = as_dt(row["created_at"])
-    if created is not None and now - created > STALE_IN_PROGRESS:
-        await tx.execute(_RESTART_KEY, key, now)  # the first attempt died: take it over
-        return None
+    if row["failed_at"] is not None or (created is not None
+                                        and now - created > STALE_IN_PROGRESS):
+        await tx.execute(_RESTART_KEY, key, now)  # failed, or its first attempt died: retry
+        return int(row["codat_attempt"])
     return error(409, "a request with this Idempotency-Key is still in progress",
                  {"Retry-After": "2"})
 
