@@ -59,38 +59,24 @@ def serve(host: str, port: int, migrate: bool | None) -> None:
 @main.command()
 @click.option("--id", "worker_id", default=None, help="Worker id in logs and leases "
               "(default host:pid).")
-def worker(worker_id: str | None) -> None:
+@click.option("--host", default="0.0.0.0", show_default=True,
+              help="Interface of the status port.")
+@click.option("--port", default=None, type=int,
+              help="Serve /healthz and /metrics on this port (default: no status port).")
+def worker(worker_id: str | None, host: str, port: int | None) -> None:
     """Run the follow-up worker (several may share one PostgreSQL database)."""
     import asyncio
-    import signal
 
-    from service.app import build_worker, codat_client
-    from service.db import open_database
     from service.logs import configure_logging
+    from service.worker_process import run_worker
 
     settings = _settings()
     configure_logging(settings.log_level)
     try:
-        client = codat_client(settings)
+        settings.codat_api_key_value  # noqa: B018 - fail fast, naming the variable
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-
-    async def run() -> None:
-        db = open_database(settings.database_url, pool_size=2,
-                           sqlite_synchronous=settings.sqlite_synchronous,
-                           sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms)
-        await db.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)  # finish the running job, then stop
-        try:
-            await build_worker(settings, db, client, worker_id=worker_id).run(stop)
-        finally:
-            await client.aclose()
-            await db.close()
-
-    asyncio.run(run())
+    asyncio.run(run_worker(settings, worker_id=worker_id, host=host, port=port))
 
 
 @main.command()

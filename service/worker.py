@@ -46,6 +46,7 @@ class Worker:
         self._metrics = metrics
         self.worker_id = worker_id or default_worker_id()
         self._current: Job | None = None
+        self.heartbeat = time.monotonic()  # the last time the loop went round
 
     async def run_once(self) -> int:
         """Claim and run at most one due job; return how many ran (0 or 1)."""
@@ -63,6 +64,7 @@ class Worker:
         """Work until ``stop`` is set, between jobs."""
         log.info("worker started", extra={"fields": {"worker_id": self.worker_id}})
         while not stop.is_set():
+            self.heartbeat = time.monotonic()
             try:
                 ran = await self.run_once()
             except DatabaseUnavailable as exc:

@@ -311,6 +311,8 @@ def test_every_probe_and_healthcheck_path_is_a_route(route_paths: set[str]) -> N
 
     for _workload, container in _containers():
         named = {p["name"]: p["containerPort"] for p in container.get("ports", []) if "name" in p}
+        if _runs(_argv(container.get("command")) + _argv(container.get("args")), "worker"):
+            continue  # its status port: checked in test_k8s_deployments_have_probes...
         for kind in ("readinessProbe", "livenessProbe", "startupProbe"):
             probe = container.get(kind, {}).get("httpGet")
             if probe:
@@ -455,8 +457,11 @@ def test_k8s_deployments_have_probes_and_time_to_drain() -> None:
         for container in spec["containers"]:
             argv = _argv(container.get("command")) + _argv(container.get("args"))
             if _runs(argv, "worker"):
-                # The worker serves no HTTP and has no health check: nothing to probe yet.
-                assert not container.get("ports"), name
+                # The worker's status port: liveness on /healthz, which its status app serves.
+                port = argv[argv.index("--port") + 1]
+                assert [p["containerPort"] for p in container["ports"]] == [int(port)], name
+                assert container["livenessProbe"]["httpGet"]["path"] == "/healthz", name
+                assert "/healthz" in _worker_status_paths(), name
                 continue
             assert _runs(argv, "serve"), (name, argv)
             assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", name
@@ -464,6 +469,12 @@ def test_k8s_deployments_have_probes_and_time_to_drain() -> None:
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         selector = deployment["spec"]["selector"]["matchLabels"]
         assert selector.items() <= labels.items(), name
+
+
+def _worker_status_paths() -> set[str]:
+    from service.worker_process import status_app
+    app = status_app(None, None, None, stale_after=1)  # type: ignore[arg-type]
+    return {route.path for route in app.routes}  # type: ignore[attr-defined]
 
 
 def _receiver_deployments() -> list[dict[str, Any]]:

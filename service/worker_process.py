@@ -1,0 +1,67 @@
+"""``codat-hooks worker`` as a process: the worker loop, signals, and an optional status port
+(/healthz while the loop is alive, /metrics for its jobs and Codat calls)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from service.app import build_worker, codat_client, refresh_outbox_gauges
+from service.db import Database, open_database
+from service.errors import DatabaseUnavailable
+from service.localserver import running
+from service.metrics import Metrics
+from service.settings import Settings
+from service.worker import Worker
+
+
+def status_app(worker: Worker, db: Database, metrics: Metrics, *, stale_after: float,
+               ) -> Starlette:
+    """/healthz: the loop went round recently (a job may take up to its lease); /metrics."""
+    async def healthz(request: Request) -> Response:
+        age = time.monotonic() - worker.heartbeat
+        status = 200 if age < stale_after else 503
+        return JSONResponse({"alive": status == 200, "loopAgeSeconds": round(age, 3),
+                             "workerId": worker.worker_id}, status)
+
+    async def metrics_endpoint(request: Request) -> Response:
+        with contextlib.suppress(DatabaseUnavailable):
+            await refresh_outbox_gauges(db, metrics)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(routes=[Route("/healthz", healthz), Route("/metrics", metrics_endpoint)])
+
+
+async def run_worker(settings: Settings, *, worker_id: str | None, host: str,
+                     port: int | None) -> None:
+    """Run until SIGTERM/SIGINT: the running job finishes, then the worker stops."""
+    metrics = Metrics()
+    client = codat_client(settings, metrics)
+    db = open_database(settings.database_url, pool_size=2,
+                       sqlite_synchronous=settings.sqlite_synchronous,
+                       sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+    await db.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    worker = build_worker(settings, db, client, metrics, worker_id=worker_id)
+    try:
+        if port is None:
+            await worker.run(stop)
+        else:
+            stale = settings.outbox_lease_seconds + 30
+            async with running(status_app(worker, db, metrics, stale_after=stale), host=host,
+                               port=port):
+                await worker.run(stop)
+    finally:
+        await client.aclose()
+        await db.close()
