@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import sqlite3
 import time
+from pathlib import Path
 
 import orjson
 import pytest
 
-from tests.conftest import Service
+from service.localserver import free_port
+from tests.conftest import Service, make_settings, start_service
 from tests.factories import (
     OTHER_SECRET,
     SECRET_2,
@@ -521,3 +525,48 @@ async def test_webhook_prefixed_headers_are_accepted(service: Service) -> None:
     headers = orjson.loads(row["headers"])
     assert "webhook-id" in headers
     assert not any("signature" in name for name in headers)  # never the signature
+
+
+# --- the database cannot be written: 503, never 2xx ----------------------------------------------
+
+async def test_sqlite_locked_by_another_process_is_503_with_retry_after(
+        tmp_path: Path, sqlite_template: Path) -> None:
+    path = tmp_path / "locked.db"
+    shutil.copy(sqlite_template, path)
+    settings = make_settings(f"sqlite:///{path}", sqlite_busy_timeout_ms=200)
+    _app, lifespan, client = await start_service(settings)
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")  # e.g. an on-call command holding the write lock
+        body = connection_body("connection.created", company_id=new_id(),
+                               connection_id=new_id(), status="PendingAuth", generated=at(0))
+        headers = sign(body)
+        response = await client.post("/webhooks/codat", content=body, headers=headers)
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == str(settings.db_retry_after_seconds)
+        holder.execute("ROLLBACK")
+        # Codat retries: now it is stored and applied, once.
+        retry = await client.post("/webhooks/codat", content=body, headers=headers)
+        assert (retry.status_code, retry.json()["disposition"]) == (200, "stored")
+    finally:
+        holder.close()
+        await client.aclose()
+        await lifespan.__aexit__(None, None, None)
+
+
+async def test_postgres_unreachable_is_503_and_not_ready() -> None:
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"  # nothing listens there
+    _app, lifespan, client = await start_service(make_settings(url))
+    try:
+        body = connection_body("connection.created", company_id=new_id(),
+                               connection_id=new_id(), status="PendingAuth", generated=at(0))
+        response = await client.post("/webhooks/codat", content=body, headers=sign(body))
+        assert response.status_code == 503
+        assert "retry-after" in response.headers
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        assert "unreachable" in ready.json()["reason"]
+        assert (await client.get("/healthz")).status_code == 200  # alive, just not ready
+    finally:
+        await client.aclose()
+        await lifespan.__aexit__(None, None, None)
