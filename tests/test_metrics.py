@@ -1,0 +1,109 @@
+"""/metrics in Prometheus format: what on-call graphs and alerts on."""
+
+from __future__ import annotations
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.app import build_worker, create_app
+from tests.conftest import Service, make_settings, start_service
+from tests.factories import SECRET_2, at, connection_body, new_id, sign
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(metrics: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
+          **labels: str) -> float:
+    return metrics.get((name, frozenset(labels.items())), 0.0)
+
+
+async def test_metrics_count_deliveries_refusals_secrets_and_transitions(
+        service: Service) -> None:
+    company, connection = new_id(), new_id()
+    created = connection_body("connection.created", company_id=company,
+                              connection_id=connection, status="PendingAuth", generated=at(0))
+    headers = sign(created)
+    await service.client.post("/webhooks/codat", content=created, headers=headers)
+    await service.client.post("/webhooks/codat", content=created, headers=headers)  # duplicate
+    await service.deliver(connection_body("connection.connected", company_id=company,
+                                          connection_id=connection, status="Linked",
+                                          generated=at(1)), secret=SECRET_2)
+    await service.client.post("/webhooks/codat", content=b"{}", headers={"svix-id": "x"})
+    await service.client.post("/webhooks/codat", content=created,
+                              headers={**sign(created), "svix-signature": "v1,garbage"})
+
+    response = await service.client.get("/metrics")  # no token: scraped by Prometheus
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    m = samples(response.text)
+    assert value(m, "codat_hooks_deliveries_total", outcome="processed",
+                 disposition="stored") == 2
+    assert value(m, "codat_hooks_deliveries_total", outcome="processed",
+                 disposition="duplicate") == 1
+    assert value(m, "codat_hooks_deliveries_rejected_total", reason="MissingHeaders") == 1
+    assert value(m, "codat_hooks_deliveries_rejected_total", reason="malformed_signature") == 1
+    first, second = (s.id for s in service.settings.webhook_secrets)
+    assert value(m, "codat_hooks_verified_by_secret_total", secret_id=first) == 2
+    assert value(m, "codat_hooks_verified_by_secret_total", secret_id=second) == 1
+    assert value(m, "codat_hooks_transitions_total", from_state="none",
+                 to_state="PendingAuth", result="applied", source="webhook") == 1
+    assert value(m, "codat_hooks_transitions_total", from_state="PendingAuth",
+                 to_state="Linked", result="applied", source="webhook") == 1
+    # Outbox: the confirm job is pending and due.
+    assert value(m, "codat_hooks_outbox_jobs", status="pending") == 1
+    assert value(m, "codat_hooks_outbox_oldest_due_age_seconds") >= 0
+    # Latency by route template, not by raw path.
+    assert value(m, "codat_hooks_request_seconds_count", route="/webhooks/codat",
+                 status="2xx") == 3
+    assert value(m, "codat_hooks_request_seconds_count", route="/webhooks/codat",
+                 status="4xx") == 2
+    await service.get(f"/v1/connections/{connection}")
+    m = samples((await service.client.get("/metrics")).text)
+    assert value(m, "codat_hooks_request_seconds_count", route="/v1/connections/{connection_id}",
+                 status="2xx") == 1
+
+
+async def test_metrics_count_codat_calls_and_the_remaining_quota(database_url: str) -> None:
+    def codat(request: httpx.Request) -> httpx.Response:
+        connection = {"id": request.url.path.rsplit("/", 1)[-1], "status": "Deauthorized",
+                      "integrationKey": "qhyg", "platformName": "QuickBooks Online"}
+        return httpx.Response(200, json=connection, headers={"X-Rate-Limit-Remaining": "977"})
+
+    settings = make_settings(database_url)
+    app = create_app(settings, codat_transport=httpx.MockTransport(codat))
+    lifespan = app.router.lifespan_context(app)
+    await lifespan.__aenter__()
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+    try:
+        body = connection_body("connection.disconnected", company_id=new_id(),
+                               connection_id=new_id(), status="Deauthorized", generated=at(0))
+        await client.post("/webhooks/codat", content=body, headers=sign(body))  # -> reconcile
+        worker = build_worker(settings, app.state.db, app.state.codat, app.state.metrics)
+        assert await worker.run_once() == 1
+        m = samples((await client.get("/metrics")).text)
+        assert value(m, "codat_hooks_codat_calls_total", endpoint="get-connection",
+                     status="200") == 1
+        assert value(m, "codat_hooks_codat_quota_remaining") == 977
+        assert value(m, "codat_hooks_job_runs_total", kind="reconcile_connection",
+                     result="done") == 1
+        assert value(m, "codat_hooks_outbox_jobs", status="done") == 1
+    finally:
+        await client.aclose()
+        await lifespan.__aexit__(None, None, None)
+
+
+async def test_unmatched_paths_share_one_label(database_url: str) -> None:
+    _app, lifespan, client = await start_service(make_settings(database_url))
+    try:
+        for n in range(5):
+            await client.get(f"/no/such/path/{n}")
+        m = samples((await client.get("/metrics")).text)
+        assert value(m, "codat_hooks_request_seconds_count", route="unmatched",
+                     status="4xx") == 5
+        assert not any("/no/such" in dict(labels).get("route", "") for _, labels in m)
+    finally:
+        await client.aclose()
+        await lifespan.__aexit__(None, None, None)
