@@ -112,7 +112,8 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
                         tolerance_seconds=settings.webhook_tolerance_seconds)
     database = db or open_database(settings.database_url, pool_size=settings.db_pool_size,
                                    sqlite_synchronous=settings.sqlite_synchronous,
-                                   sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+                                   sqlite_busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+                                   write_partitions=settings.db_write_partitions)
     metrics = Metrics()
     client = codat_client(settings, metrics, codat_transport)
     receiver = Receiver(db=database, verifier=verifier, metrics=metrics,

@@ -97,7 +97,11 @@ class Receiver:
             "event_type": examined.facts.event_type, "company_id": examined.facts.company_id,
             "connection_id": examined.facts.connection_id}
         try:
-            result = await self._db.write(lambda tx: ingest(tx, delivery, examined))
+            # Deliveries about one connection share a commit partition (see service/db.py).
+            affinity = (examined.facts.connection_id or examined.facts.company_id
+                        or delivery.message_id)
+            result = await self._db.write(lambda tx: ingest(tx, delivery, examined),
+                                          affinity=affinity)
         except DatabaseUnavailable as exc:
             self._metrics.db_unavailable.inc()
             log.warning("database unavailable, asked Codat to retry",

@@ -312,10 +312,12 @@ class Bench:
             log(f"  PostgreSQL  synchronous_commit={f['synchronous_commit']}, fsync={f['fsync']}, "
                 f"wal_sync_method={f['wal_sync_method']}, full_page_writes="
                 f"{f['full_page_writes']}, shared_buffers={f['shared_buffers']}; "
-                "one transaction per delivery, pool of 8 connections (DB_POOL_SIZE=8) for both")
+                "pool of 8 connections (DB_POOL_SIZE=8) for both; the baseline commits each "
+                "delivery alone, codat-hooks commits concurrent ones together (group commit)")
         log("settings    codat-hooks: WORKER_ENABLED=false LOG_LEVEL=WARNING DB_POOL_SIZE=8 "
             f"SQLITE_SYNCHRONOUS={a.sqlite_synchronous} CODAT_API_KEY=(unused) "
-            "CODAT_WEBHOOK_SECRETS=(a fresh whsec_ secret) SERVICE_API_TOKENS=(a fresh token)")
+            "CODAT_WEBHOOK_SECRETS=(a fresh whsec_ secret) SERVICE_API_TOKENS=(a fresh token)"
+            + "".join(f" {item}" for item in a.set))
         log(f"deliveries  {len(s.order)} per run planned ({len(s.deliveries)} distinct, "
             f"{s.redeliveries} redeliveries = {100 * s.redeliveries / len(s.order):.1f}%), "
             f"{s.companies} companies, {s.connections} connections; "
@@ -375,6 +377,7 @@ class Bench:
             "SERVICE_API_TOKENS": self.token, "LOG_LEVEL": "WARNING",
             "SQLITE_SYNCHRONOUS": self.args.sqlite_synchronous, "DB_POOL_SIZE": "8",
         })
+        env.update(dict(item.split("=", 1) for item in self.args.set))
         return env
 
     def create_pg(self, name: str, template: str | None = None) -> str:
@@ -878,6 +881,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=20261124)
     p.add_argument("--max-minutes", type=float, default=0,
                    help="stop (and clean up) after this long (default: from the settings)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a codat-hooks setting for its server (e.g. DB_WRITE_PARTITIONS=1)")
     p.add_argument("--keep", action="store_true", help="keep temporary files (logs, SQLite)")
     args = p.parse_args(argv)
     if args.runs < 1 or args.duration < 1 or args.connections < WRK_THREADS:
