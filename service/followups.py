@@ -73,14 +73,16 @@ async def apply_codat_view(db: Database, *, company_id: str, connection_id: str,
     """Move our connection to what Codat says (source reconcile); report the drift."""
     target = _state_of(connection)
 
+    if not apply:  # a dry run only reads: no lock, no placeholder row for an unknown connection
+        ours = await db.read(lambda tx: store.connection_state(tx, connection_id=connection_id))
+        return Drift(company_id, connection_id, ours.value if ours else None, target.value)
+
     async def work(tx: Tx) -> Drift:
         now = utcnow()
         snapshot = await store.lock_connection(tx, connection_id=connection_id,
                                                company_id=company_id, now=now)
         ours = snapshot.state.value if snapshot.state else None
         drift = Drift(company_id, connection_id, ours, target.value)
-        if not apply:
-            return drift
         info = connection_info(connection) if connection is not None else None
         errors = (connection.data_connection_errors or []) if connection is not None else None
         if snapshot.state is not target:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import sys
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
+_HANDLER = "codat-hooks"
 _SECRET_WORDS = ("secret", "signature", "token", "authorization", "api_key", "apikey", "password")
 
 
@@ -47,13 +48,17 @@ class ConsoleFormatter(logging.Formatter):
         return line
 
 
-def configure_logging(level: str = "INFO", *, json: bool | None = None) -> None:
-    """Send the service's logs to stdout, as JSON unless stdout is a terminal."""
-    use_json = (not sys.stdout.isatty()) if json is None else json
-    handler = logging.StreamHandler(sys.stdout)
+def configure_logging(level: str = "INFO", *, json: bool | None = None,
+                      stream: TextIO | None = None) -> None:
+    """Send the service's logs to ``stream`` (stdout), as JSON unless it is a terminal."""
+    stream = stream or sys.stdout
+    use_json = (not stream.isatty()) if json is None else json
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if use_json else ConsoleFormatter())
+    handler.set_name(_HANDLER)
     root = logging.getLogger("codat_hooks")
-    root.handlers[:] = [handler]
+    # Replace only our own handler: one a host process (or a test) added stays.
+    root.handlers[:] = [h for h in root.handlers if h.get_name() != _HANDLER] + [handler]
     root.setLevel(level.upper())
     root.propagate = False
 

@@ -45,8 +45,9 @@ async def company_status(db: Database, company_id: str, *, history: int = 5,
         for connection in company["dataConnections"]:
             connection["history"] = await queries.recent_history(tx, connection["id"],
                                                                  limit=history)
-            applied = [h for h in connection["history"] if h["result"] == "applied"]
-            connection["since"] = applied[-1]["recordedAt"] if applied else None
+            state = "Deleted" if connection["deleted"] else connection["status"]
+            connection["since"] = await queries.in_state_since(tx, connection["id"], state) \
+                if state else None
         company["jobs"] = await outbox.company_jobs(tx, company_id=company_id)
         return company
     return await db.read(work)

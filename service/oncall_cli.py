@@ -20,6 +20,7 @@ import orjson
 from service import oncall, outbox, queries
 from service.db import Database, utcnow, with_database
 from service.errors import ConfigError
+from service.logs import configure_logging
 from service.queries import BadQuery, ConnectionFilter
 from service.settings import Settings, load_settings
 
@@ -48,9 +49,12 @@ def parse_since(raw: str) -> datetime:
 
 def _settings() -> Settings:
     try:
-        return load_settings()
+        settings = load_settings()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    # Trace lines (who asked, why) go to stderr: stdout carries the tables and --json.
+    configure_logging(settings.log_level, stream=sys.stderr)
+    return settings
 
 
 def _run(fn: Callable[[Database], Awaitable[T]]) -> T:
@@ -245,6 +249,10 @@ def replay_command(message_id: str | None, outcome: str | None, since: str | Non
 
     async def work(db: Database) -> list[dict[str, Any]]:
         if message_id:
+            found = await db.read(lambda tx: queries.get_delivery(tx, message_id,
+                                                                  include_body=False))
+            if found is None:
+                raise click.ClickException(f"no delivery {message_id}")
             ids = [message_id]
         else:
             moment = parse_since(since) if since else datetime(1970, 1, 1).astimezone()
@@ -255,7 +263,12 @@ def replay_command(message_id: str | None, outcome: str | None, since: str | Non
         results = []
         with _progress("replaying", ids) as bar:
             for one in bar:
-                r = await oncall.replay_one(db, one, who=who, why=reason or "")
+                try:
+                    r = await oncall.replay_one(db, one, who=who, why=reason or "")
+                except Exception as exc:  # carry on; report it, and exit non-zero at the end
+                    results.append({"messageId": one, "replayed": False, "before": None,
+                                    "after": "failed", "moves": [], "error": str(exc)})
+                    continue
                 results.append({"messageId": one, "replayed": r.before is not None,
                                 "before": r.before, "after": r.after,
                                 "moves": [f"{m.from_state or '-'}->{m.to_state} {m.result}"
@@ -263,9 +276,10 @@ def replay_command(message_id: str | None, outcome: str | None, since: str | Non
         return results
 
     results = _run(work)
-    _emit(results, as_json, lambda r: table(r, [
-        ("message id", "messageId"), ("replayed", "replayed"), ("before", "before"),
-        ("after", "after"), ("changed", "moves")]))
+    _emit(results, as_json, lambda r: table(
+        [{**x, "moves": ", ".join(x.get("moves") or []) or None} for x in r],
+        [("message id", "messageId"), ("replayed", "replayed"), ("before", "before"),
+         ("after", "after"), ("changed", "moves"), ("error", "error")]))
     if not apply:
         click.echo(f"{len(results)} deliveries would be replayed; add --apply --reason TEXT",
                    err=True)
@@ -346,7 +360,9 @@ def outbox_list(status: str | None, limit: int, as_json: bool) -> None:
 @click.option("--dead", is_flag=True, help="Every dead job.")
 @click.option("--reason", default=None)
 @click.option("--apply", is_flag=True, help="Retry for real.")
-def outbox_retry(job_id: str | None, dead: bool, reason: str | None, apply: bool) -> None:
+@json_option
+def outbox_retry(job_id: str | None, dead: bool, reason: str | None, apply: bool,
+                 as_json: bool) -> None:
     """Make a dead job (or every dead job) pending again, with its attempts reset."""
     if bool(job_id) == dead:
         raise click.UsageError("give a JOB_ID or --dead")
@@ -355,7 +371,9 @@ def outbox_retry(job_id: str | None, dead: bool, reason: str | None, apply: bool
     _write_guard(apply, reason)
     ids = _run(lambda db: oncall.retry_jobs(db, job_id=job_id, who=oncall.actor(),
                                             why=reason or ""))
-    click.echo(f"{len(ids)} job(s) pending again: {' '.join(ids)}")
+    _emit({"retried": ids}, as_json,
+          lambda d: click.echo(f"{len(d['retried'])} job(s) pending again: "
+                               f"{' '.join(d['retried'])}"))
     if job_id and not ids:
         raise click.ClickException(f"job {job_id} is not dead (or does not exist)")
 
@@ -367,7 +385,9 @@ def outbox_retry(job_id: str | None, dead: bool, reason: str | None, apply: bool
               help="Keep delivery records (the dedupe keys) this long; never under 30d.")
 @click.option("--reason", default=None)
 @click.option("--apply", is_flag=True)
-def prune(older_than: str, keep_dedupe: str, reason: str | None, apply: bool) -> None:
+@json_option
+def prune(older_than: str, keep_dedupe: str, reason: str | None, apply: bool,
+          as_json: bool) -> None:
     """Delete old delivery bodies, keeping dedupe records for at least 30 days."""
     if not apply:
         raise click.UsageError("pruning deletes data: add --apply --reason TEXT")
@@ -384,4 +404,5 @@ def prune(older_than: str, keep_dedupe: str, reason: str | None, apply: bool) ->
         return totals
 
     totals = _run(work)
-    click.echo(f"pruned {totals['bodies']} bodies, forgot {totals['records']} records")
+    _emit(totals, as_json, lambda t: click.echo(
+        f"pruned {t['bodies']} bodies, forgot {t['records']} records"))

@@ -241,6 +241,18 @@ SELECT id, connection_id, company_id, from_state, to_state, result, source, even
 FROM connection_history WHERE connection_id = $1 ORDER BY id DESC LIMIT $2""")
 
 
+_SINCE = sql("""
+SELECT recorded_at FROM connection_history
+WHERE connection_id = $1 AND result = 'applied' AND to_state = $2
+    AND (from_state IS NULL OR from_state <> to_state)
+ORDER BY id DESC LIMIT 1""")
+
+
+async def in_state_since(tx: Tx, connection_id: str, state: str) -> str | None:
+    """When the connection last moved into ``state`` (None: no such move recorded)."""
+    return _iso(await tx.fetchval(_SINCE, connection_id, state))
+
+
 async def recent_history(tx: Tx, connection_id: str, *, limit: int) -> list[dict[str, Any]]:
     """The newest ``limit`` history rows of a connection, oldest first."""
     rows = await tx.fetch(_RECENT_HISTORY, connection_id, limit)

@@ -85,7 +85,10 @@ class Receiver:
             self._metrics.rejected.labels(reason).inc()
             log.info("delivery refused", extra={"fields": {
                 "message_id": request.headers.get("svix-id") or request.headers.get("webhook-id"),
-                "status": exc.status_code, "reason": reason}})
+                "event_id": None, "event_type": None, "company_id": None,
+                "connection_id": None, "outcome": "refused", "transitions": [],
+                "status": exc.status_code, "reason": reason,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3)}})
             return _json(exc.status_code, {"error": str(exc)})
         self._metrics.verified_by.labels(secret_id).inc()
         headers = {k: v for k in _KEPT_HEADERS if (v := request.headers.get(k)) is not None}
@@ -104,8 +107,10 @@ class Receiver:
                                           affinity=affinity)
         except DatabaseUnavailable as exc:
             self._metrics.db_unavailable.inc()
-            log.warning("database unavailable, asked Codat to retry",
-                        extra={"fields": {**fields, "status": 503, "error": str(exc)}})
+            log.warning("database unavailable, asked Codat to retry", extra={"fields": {
+                **fields, "outcome": "unavailable", "transitions": [], "status": 503,
+                "error": str(exc),
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3)}})
             return _json(503, {"error": "database unavailable, retry later"},
                          {"Retry-After": self._retry_after})
         except Exception as exc:
@@ -142,7 +147,7 @@ class Receiver:
             log.exception("could not record a failed delivery", extra={"fields": fields})
         self._metrics.deliveries.labels(Outcome.FAILED.value, "failed").inc()
         log.error("delivery processing failed", exc_info=exc, extra={"fields": {
-            **fields, "outcome": Outcome.FAILED, "status": 500,
+            **fields, "outcome": Outcome.FAILED, "transitions": [], "status": 500,
             "duration_ms": round((time.perf_counter() - started) * 1000, 3)}})
         return _json(500, {"error": "processing failed; the delivery is kept and will be "
                                     "processed again when retried"})

@@ -227,6 +227,15 @@ async def lock_connection(tx: Tx, *, connection_id: str, company_id: str,
     return _snapshot(row)
 
 
+_CONNECTION_STATE = sql("SELECT status, deleted FROM connections WHERE id = $1")
+
+
+async def connection_state(tx: Tx, *, connection_id: str) -> State | None:
+    """A connection's state, read without a lock (None: unknown)."""
+    row = await tx.fetchrow(_CONNECTION_STATE, connection_id)
+    return None if row is None else State.of(row["status"], deleted=bool(row["deleted"]))
+
+
 async def lock_company_connections(tx: Tx, *, company_id: str) -> list[ConnectionSnapshot]:
     return [_snapshot(r) for r in await tx.fetch(_COMPANY_CONNECTIONS_FOR_UPDATE, company_id)]
 
