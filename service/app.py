@@ -90,7 +90,8 @@ def build_worker(settings: Settings, db: Database, client: CodatClient,
     followups = FollowUps(db=db, client=client, mode=BillPayMode(settings.bill_pay_mode))
     return Worker(db=db, followups=followups, metrics=metrics, worker_id=worker_id,
                   policy=RetryPolicy(settings.outbox_backoff_base_seconds,
-                                     settings.outbox_backoff_max_seconds),
+                                     settings.outbox_backoff_max_seconds,
+                                     settings.outbox_max_attempts),
                   lease_seconds=settings.outbox_lease_seconds,
                   poll_seconds=settings.worker_poll_seconds)
 

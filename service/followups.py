@@ -19,7 +19,13 @@ from schemas.platforms import BillPayMode
 from schemas.state import ConnectionStatus, Source, State
 from schemas.webhook import parse_datetime
 from service import store
-from service.codat import CodatClient, CodatNotFound, CodatPermanent, Connection
+from service.codat import (
+    CodatClient,
+    CodatNotFound,
+    CodatPermanent,
+    CodatRetryable,
+    Connection,
+)
 from service.db import Database, Tx, utcnow
 from service.ingest import apply_move
 from service.outbox import Job
@@ -134,15 +140,25 @@ class FollowUps:
 
     async def _prepare_bill_pay(self, company_id: str, connection_id: str | None, job: Job, *,
                                 refresh: bool = True) -> str:
-        if connection_id is None:
-            connection_id = await self._db.read(
-                lambda tx: store.linked_connection_id(tx, company_id=company_id))
-        if connection_id is None:
-            return "no Linked connection: readiness unchanged"
-        if self._mode is BillPayMode.SYNC:
-            ready, detail = await self._sync_readiness(company_id, connection_id)
+        linked = await self._db.read(
+            lambda tx: store.linked_connection_id(tx, company_id=company_id))
+        if linked is None:
+            # Nothing to read through (revoked, unlinked, deleted): not ready, ask Codat nothing.
+            ready, detail = False, {"mode": self._mode.value, "missing": ["a Linked connection"]}
         else:
-            ready, detail = await self._async_readiness(company_id, connection_id, job, refresh)
+            connection_id = linked
+            try:
+                if self._mode is BillPayMode.SYNC:
+                    ready, detail = await self._sync_readiness(company_id, connection_id)
+                else:
+                    ready, detail = await self._async_readiness(company_id, connection_id, job,
+                                                                refresh)
+            except CodatRetryable as exc:
+                if exc.status != 409:
+                    raise
+                # Codat: no Linked connection (it moved since we looked). Its webhook follows.
+                ready, detail = False, {"mode": self._mode.value,
+                                        "missing": ["a Linked connection"], "codat": str(exc)}
 
         async def work(tx: Tx) -> None:
             await store.set_readiness(tx, company_id=company_id, ready=ready, detail=detail,
@@ -174,9 +190,9 @@ class FollowUps:
                     continue
                 await self._client.refresh_data_type(
                     company_id, data_type, connection_id=connection_id,
-                    # Per attempt: Codat replays a cached 5xx to a reused key for 90 minutes,
-                    # and queueing a read twice is harmless.
-                    idempotency_key=f"{job.id}:{data_type}:{job.attempts}")
+                    # Per execution: Codat replays a cached 5xx to a reused key for 90
+                    # minutes, and queueing a read twice is harmless.
+                    idempotency_key=f"{job.id}:{data_type}:{job.run}")
                 queued.append(data_type)
 
         async def work(tx: Tx) -> dict[str, str]:

@@ -8,6 +8,7 @@ single writer, so its claim is atomic as it stands.
 from __future__ import annotations
 
 import random
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -34,6 +35,7 @@ class Job:
     payload: dict[str, Any]
     attempts: int  # including the one now running
     max_attempts: int
+    run: str = ""  # unique to this execution (a retried job gets a new one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,21 +44,27 @@ class RetryPolicy:
 
     base_seconds: float = 2.0
     max_seconds: float = 3600.0
+    max_attempts: int = 8
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         backoff = min(self.max_seconds, self.base_seconds * 2 ** max(0, attempt - 1))
         return max(random.uniform(backoff / 2, backoff), retry_after or 0.0)
 
 
+# The worker's attempt limit is written onto the job as it is claimed: the limit in force.
 _CLAIM = sql("""
 UPDATE outbox SET status = 'running', locked_by = $1, lease_until = $2, attempts = attempts + 1,
-    updated_at = $3
+    max_attempts = $5, updated_at = $3
 WHERE id IN (
     SELECT id FROM outbox
     WHERE (status = 'pending' AND next_attempt_at <= $3)
        OR (status = 'running' AND lease_until < $3)
     ORDER BY next_attempt_at, id LIMIT $4{skip_locked})
 RETURNING id, kind, dedupe_key, company_id, connection_id, payload, attempts, max_attempts""")
+
+_RENEW = sql("""
+UPDATE outbox SET lease_until = $3 WHERE id = $1 AND locked_by = $2 AND status = 'running'
+RETURNING id""")
 
 _FINISH = sql("""
 UPDATE outbox SET status = $3, last_error = $4, lease_until = NULL, locked_by = NULL,
@@ -102,14 +110,19 @@ _PAUSED_UNTIL = sql("SELECT paused_until FROM rate_limit WHERE id = 1")
 def _job(row: Row) -> Job:
     return Job(row["id"], JobKind(row["kind"]), row["dedupe_key"], row["company_id"],
                row["connection_id"], from_json(row["payload"]) or {}, row["attempts"],
-               row["max_attempts"])
+               row["max_attempts"], uuid.uuid4().hex[:12])
 
 
 async def claim(tx: Tx, *, worker_id: str, now: datetime, lease: timedelta,
-                limit: int = 1) -> list[Job]:
+                limit: int = 1, max_attempts: int = 8) -> list[Job]:
     """Take up to ``limit`` due jobs (or jobs whose lease expired) for ``worker_id``."""
-    rows = await tx.fetch(_CLAIM, worker_id, now + lease, now, limit)
+    rows = await tx.fetch(_CLAIM, worker_id, now + lease, now, limit, max_attempts)
     return [_job(r) for r in rows]
+
+
+async def renew(tx: Tx, *, job: Job, worker_id: str, until: datetime) -> bool:
+    """Extend the lease of a job still held; False if it is no longer ours."""
+    return await tx.fetchrow(_RENEW, job.id, worker_id, until) is not None
 
 
 async def finish(tx: Tx, *, job: Job, worker_id: str, status: str, error: str | None,

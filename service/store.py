@@ -461,10 +461,19 @@ async def record_rate_limit(tx: Tx, *, paused_until: datetime | None, daily_quot
 
 # --- Bill Pay readiness ----------------------------------------------------------------------
 
+# Ready only if a Linked connection still exists as this commits: a revocation may have been
+# applied while the job was asking Codat.
 _SET_READINESS = sql("""
-UPDATE companies SET bill_pay_ready = $2, bill_pay_checked_at = $3, bill_pay_detail = $4,
-    updated_at = $3
+UPDATE companies SET bill_pay_ready = $2 AND EXISTS (
+        SELECT 1 FROM connections WHERE company_id = $1 AND status = 'Linked' AND deleted = FALSE),
+    bill_pay_checked_at = $3, bill_pay_detail = $4, updated_at = $3
 WHERE id = $1""")
+
+# A company is ready for Bill Pay only while it has a Linked connection to read and pay through.
+_NOT_READY_WITHOUT_LINK = sql("""
+UPDATE companies SET bill_pay_ready = FALSE, bill_pay_checked_at = $2, updated_at = $2
+WHERE id = $1 AND bill_pay_ready AND NOT EXISTS (
+    SELECT 1 FROM connections WHERE company_id = $1 AND status = 'Linked' AND deleted = FALSE)""")
 
 _DATA_TYPE_STATUSES = sql("SELECT data_type, status FROM data_type_status WHERE company_id = $1")
 
@@ -476,6 +485,10 @@ ORDER BY updated_at DESC LIMIT 1""")
 async def set_readiness(tx: Tx, *, company_id: str, ready: bool, detail: dict[str, Any],
                         now: datetime) -> None:
     await tx.execute(_SET_READINESS, company_id, ready, now, to_json(detail))
+
+
+async def not_ready_without_link(tx: Tx, *, company_id: str, now: datetime) -> None:
+    await tx.execute(_NOT_READY_WITHOUT_LINK, company_id, now)
 
 
 async def data_type_statuses(tx: Tx, *, company_id: str) -> dict[str, str]:

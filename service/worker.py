@@ -55,7 +55,8 @@ class Worker:
         if paused is not None and paused > now:
             return 0  # Codat's quota is used up: every call waits for the reset
         jobs = await self._db.write(lambda tx: outbox.claim(
-            tx, worker_id=self.worker_id, now=now, lease=self._lease, limit=1))
+            tx, worker_id=self.worker_id, now=now, lease=self._lease, limit=1,
+            max_attempts=self._policy.max_attempts))
         for job in jobs:
             await self._execute(job)
         return len(jobs)
@@ -86,6 +87,7 @@ class Worker:
         started = time.perf_counter()
         self._current = job
         retry_after: float | None = None
+        renewal = asyncio.create_task(self._keep_lease(job))
         try:
             summary = await self._followups.run(job)
         except asyncio.CancelledError:
@@ -107,6 +109,7 @@ class Worker:
             return
         finally:
             self._current = None
+            renewal.cancel()
         if retryable and job.attempts < job.max_attempts:
             delay = self._policy.delay(job.attempts, retry_after)
             await self._db.write(lambda tx: outbox.reschedule(
@@ -116,6 +119,15 @@ class Worker:
         else:
             await self._finish(job, JobStatus.DEAD, error)
             self._log(job, "dead", started, error=error)
+
+    async def _keep_lease(self, job: Job) -> None:
+        # A job may outlast its lease (several Codat calls, each up to its timeout); renewing it
+        # at a third of the lease keeps another worker from taking it while this one is alive.
+        while True:
+            await asyncio.sleep(self._lease.total_seconds() / 3)
+            with contextlib.suppress(DatabaseUnavailable):
+                await self._db.write(lambda tx: outbox.renew(
+                    tx, job=job, worker_id=self.worker_id, until=utcnow() + self._lease))
 
     async def _finish(self, job: Job, status: str, error: str | None) -> None:
         await self._db.write(lambda tx: outbox.finish(
