@@ -32,8 +32,10 @@ def decide_move(
     try:
         transition(current, target, source=source)
     except IllegalTransition as exc:
-        return Move(MoveResult.REJECTED, source, current, target,
-                    (_reconcile(snapshot, cause),), reason=str(exc))
+        # A rejected reconcile asks nothing more: asking Codat again would get the same answer,
+        # and would ask again, for ever (e.g. Codat still lists a connection we saw deleted).
+        follow_up = () if source is Source.RECONCILE else (_reconcile(snapshot, cause),)
+        return Move(MoveResult.REJECTED, source, current, target, follow_up, reason=str(exc))
     commands: list[Command] = []
     if target is State.LINKED and current is not State.LINKED:
         commands.append(Command(JobKind.CONFIRM_CONNECTION, f"confirm:{snapshot.id}:{cause}",

@@ -147,6 +147,7 @@ class BankAccountOption(_Model):
     id: str
     name: str | None = None
     currency: str | None = None
+    status: str | None = None  # "Active", "Archived", ...
 
 
 ResponseHook = Callable[[str, int, httpx.Headers | None], None]

@@ -24,7 +24,7 @@ import click
 import httpx
 
 from service.app import create_app
-from service.localserver import free_port, running
+from service.localserver import listening_socket, running, url_of
 from service.migrate import upgrade
 from service.sandbox import SandboxConfig, create_sandbox_app
 from service.settings import load_settings
@@ -70,9 +70,8 @@ async def run_demo(*, database_url: str | None = None, platform_key: str = "qhyg
     database_url = database_url or f"sqlite:///{workdir / 'demo.db'}"
     secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
     api_key, token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-    sandbox_port, service_port = free_port(), free_port()
-    service_url = f"http://127.0.0.1:{service_port}"
-    sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+    sandbox_sock, service_sock = listening_socket(), listening_socket()
+    sandbox_url, service_url = url_of(sandbox_sock), url_of(service_sock)
 
     upgrade(database_url)
     settings = load_settings(
@@ -82,8 +81,8 @@ async def run_demo(*, database_url: str | None = None, platform_key: str = "qhyg
     sandbox = create_sandbox_app(SandboxConfig(
         api_key=api_key, webhook_secret=secret, webhook_url=f"{service_url}/webhooks/codat",
         public_url=sandbox_url))
-    async with (running(sandbox, port=sandbox_port), running(create_app(settings),
-                                                               port=service_port),
+    async with (running(sandbox, sock=sandbox_sock),
+                running(create_app(settings), sock=service_sock),
                 httpx.AsyncClient(base_url=service_url, timeout=10,
                                   headers={"Authorization": f"Bearer {token}"}) as api,
                 httpx.AsyncClient(timeout=10, follow_redirects=True) as web):

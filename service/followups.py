@@ -169,7 +169,8 @@ class FollowUps:
     async def _sync_readiness(self, company_id: str, connection_id: str,
                               ) -> tuple[bool, dict[str, Any]]:
         info = await self._client.company_information(company_id, connection_id)
-        accounts = await self._client.payment_bank_accounts(company_id, connection_id)
+        accounts = [a for a in await self._client.payment_bank_accounts(company_id, connection_id)
+                    if a.status != "Archived"]  # bills cannot be paid from an archived account
         detail = {"mode": "sync", "companyName": info.company_name,
                   "baseCurrency": info.base_currency,
                   "bankAccounts": [{"id": a.id, "name": a.name, "currency": a.currency}

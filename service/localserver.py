@@ -12,28 +12,47 @@ import uvicorn
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port free now, for a child process to bind (in-process servers use listening_socket)."""
     with socket.socket() as sock:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
 
 
+def listening_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A bound socket, held until its server owns it: nothing can take the port in between.
+
+    IPPROTO_TCP explicitly: asyncio turns Nagle's algorithm off only on sockets that say so, and
+    without that every keep-alive request waits out a delayed ACK (about 40 ms).
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://{host}:{port}"
+
+
 @asynccontextmanager
-async def running(app: Any, *, host: str = "127.0.0.1", port: int | None = None,
-                  ) -> AsyncIterator[str]:
+async def running(app: Any, *, host: str = "127.0.0.1", port: int = 0,
+                  sock: socket.socket | None = None) -> AsyncIterator[str]:
     """Serve ``app`` (lifespan included) until the block ends; yields its base URL."""
-    port = port or free_port(host)
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                            lifespan="on", http="httptools", timeout_graceful_shutdown=5)
+    sock = sock or listening_socket(host, port)
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
+                            http="httptools", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()  # raises what stopped it (a port in use, a failed lifespan)
-            raise RuntimeError("the server stopped before it started")
-        await asyncio.sleep(0.01)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
-        yield f"http://{host}:{port}"
+        while not server.started:
+            if task.done():
+                task.result()  # raises what stopped it (a failed lifespan)
+                raise RuntimeError("the server stopped before it started")
+            await asyncio.sleep(0.01)
+        yield url_of(sock)
     finally:
         server.should_exit = True
         await task
+        sock.close()

@@ -26,7 +26,7 @@ from schemas.commands import Move
 from schemas.events import CompanyInfo
 from schemas.platforms import PLATFORM_NAMES, SUPPORTED_PLATFORMS, BillPayMode
 from schemas.state import Source, State
-from service import queries, store
+from service import outbox, queries, store
 from service.api import TokenAuth, error, json_response
 from service.codat import (
     CodatClient,
@@ -37,11 +37,14 @@ from service.codat import (
     Connection,
 )
 from service.db import Database, Tx, as_dt, sql, utcnow
+from service.errors import PayloadTooLarge
 from service.followups import connection_info
 from service.ingest import apply_move
+from service.limits import read_body
 from service.store import Cause
 
 STALE_IN_PROGRESS = timedelta(minutes=5)  # a first attempt that died mid-way can be retried
+MAX_BODY_BYTES = 64 * 1024
 
 
 class _Body(BaseModel):
@@ -230,8 +233,18 @@ class OnboardingApi:
 
     async def _idempotent(self, request: Request, action: Action,
                           shape: Callable[[Tx, str], Awaitable[_Result]]) -> Response:
+        try:
+            body = await read_body(request, MAX_BODY_BYTES)
+        except PayloadTooLarge as exc:
+            return error(413, str(exc))
+        request.state.body = body
+        paused = await self._db.read(outbox.paused_until)
+        if paused is not None and paused > utcnow():
+            # Codat said the quota is used up: a call now would only be refused (429).
+            wait = max(1, int((paused - utcnow()).total_seconds()) + 1)
+            return error(503, f"Codat's rate limit is reached until {paused.isoformat()}",
+                         {"Retry-After": str(wait)})
         caller_key = request.headers.get("idempotency-key")
-        body = await request.body()
         key = None
         codat_key = uuid.uuid4().hex
         if caller_key:
@@ -298,7 +311,7 @@ M = TypeVar("M", bound=BaseModel)
 
 
 async def _parse(request: Request, model: type[M], *, allow_empty: bool = False) -> M:
-    raw = await request.body()
+    raw: bytes = request.state.body  # read (under the size limit) by _idempotent
     if allow_empty and not raw.strip():
         return model()
     try:

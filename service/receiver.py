@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.db import Database
-from service.errors import DatabaseUnavailable, InvalidSignature, PayloadTooLarge, ReceiverError
+from service.errors import DatabaseUnavailable, InvalidSignature, ReceiverError
 from service.ingest import (
     Disposition,
     Examined,
@@ -28,6 +28,7 @@ from service.ingest import (
     new_delivery,
     record_failure,
 )
+from service.limits import check_declared_length, read_body
 from service.logs import get_logger
 from service.metrics import Metrics
 from service.store import NewDelivery
@@ -45,23 +46,6 @@ def _json(status: int, content: dict[str, object], headers: dict[str, str] | Non
     return Response(orjson.dumps(content), status, headers, media_type="application/json")
 
 
-def _check_declared_length(request: Request, limit: int) -> None:
-    declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"body is larger than {limit} bytes")
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:  # no (or a false) Content-Length: stop reading at the limit
-            raise PayloadTooLarge(f"body is larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 class Receiver:
     """The webhook endpoint, with what it needs passed in (no globals)."""
 
@@ -76,9 +60,9 @@ class Receiver:
     async def __call__(self, request: Request) -> Response:
         started = time.perf_counter()
         try:
-            _check_declared_length(request, self._max_body)
+            check_declared_length(request, self._max_body)
             signed = signed_headers(request.headers)
-            body = await _read_body(request, self._max_body)
+            body = await read_body(request, self._max_body)
             secret_id = self._verifier.verify(body, signed)
         except ReceiverError as exc:
             reason = exc.reason if isinstance(exc, InvalidSignature) else type(exc).__name__

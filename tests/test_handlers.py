@@ -208,7 +208,8 @@ def test_dedupe_keys_differ_between_connections() -> None:
         (Source.API, U, P, REJECTED, (RECONCILE,)),
         (Source.RECONCILE, D, L, APPLIED, (CONFIRM,)),
         (Source.RECONCILE, L, L, APPLIED, ()),
-        (Source.RECONCILE, X, L, REJECTED, (RECONCILE,)),  # never out of Deleted
+        # Never out of Deleted, and a rejected reconcile asks Codat nothing more (no loop).
+        (Source.RECONCILE, X, L, REJECTED, ()),
         (Source.RECONCILE, None, L, APPLIED, (CONFIRM,)),
         (Source.API, L, U, APPLIED, ()),
     ])
