@@ -169,12 +169,12 @@ def _drive(coro: Coroutine[Any, Any, T]) -> T:
     raise RuntimeError("a unit of work awaited something other than its transaction")
 
 
-_SQLITE_DT = "%Y-%m-%d %H:%M:%S.%f"
-
-
 def _sqlite_arg(value: Any) -> Any:
     if isinstance(value, datetime):
-        return value.astimezone(UTC).strftime(_SQLITE_DT)
+        # SQLAlchemy's SQLite format ("%Y-%m-%d %H:%M:%S.%f" in UTC); isoformat is ~4x faster
+        # than strftime, and this runs for every timestamp of every statement.
+        utc = value if value.tzinfo is UTC else value.astimezone(UTC)
+        return utc.replace(tzinfo=None).isoformat(" ", "microseconds")
     return value
 
 

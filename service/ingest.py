@@ -239,8 +239,6 @@ async def _record_move(tx: Tx, snapshot: ConnectionSnapshot, move: Move, cause: 
     if not await store.record_move(tx, snapshot=snapshot, move=move, cause=cause, info=info,
                                   errors=errors, company=company, now=now):
         return False
-    if move.applied and move.from_state is State.LINKED and move.to_state is not State.LINKED:
-        await store.not_ready_without_link(tx, company_id=snapshot.company_id, now=now)
     applied.moves.append((snapshot.id, move))
     applied.jobs += len(move.commands)
     return True

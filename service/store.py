@@ -294,6 +294,12 @@ WITH history AS (
     RETURNING id
 ), moved AS (
     {_APPLY} AND $27::boolean AND EXISTS (SELECT 1 FROM history)
+), unready AS (
+    -- This statement's snapshot still shows the connection Linked: look at the others.
+    UPDATE companies SET bill_pay_ready = FALSE, bill_pay_checked_at = $4, updated_at = $4
+    WHERE $31::boolean AND id = $17 AND bill_pay_ready AND EXISTS (SELECT 1 FROM history)
+        AND NOT EXISTS (SELECT 1 FROM connections c WHERE c.company_id = $17 AND c.id <> $1
+                        AND c.status || '' = 'Linked' AND c.deleted = FALSE)
 ), company AS (
     UPDATE companies SET name = COALESCE($28::text, name),
         description = COALESCE($29::text, description),
@@ -360,16 +366,21 @@ async def record_move(tx: Tx, *, snapshot: ConnectionSnapshot, move: Move, cause
     history_args = (snapshot.company_id, move.from_state.value if move.from_state else None,
                     move.to_state.value, move.result.value, move.source.value, cause.event_id,
                     cause.event_type, cause.delivery_id, cause.event_time, reason)
+    # A company is ready for Bill Pay only while it has a Linked connection.
+    unlinks = (move.applied and move.from_state is State.LINKED
+               and move.to_state is not State.LINKED)
     if tx.dialect == "postgresql":
         company_args = ((None, None, None) if company is None
                         else (company.name, company.description, to_json(company.tags)))
         recorded = bool(await tx.fetchval(_PG_RECORD_MOVE, *apply_args, *history_args,
-                                          move.applied, *company_args))
+                                          move.applied, *company_args, unlinks))
     else:
         recorded = await tx.fetchrow(_INSERT_HISTORY, snapshot.id, *history_args[:9], now,
                                      reason) is not None
         if recorded and move.applied:
             await tx.execute(_APPLY_MOVE, *apply_args)
+        if recorded and unlinks:
+            await tx.execute(_NOT_READY_WITHOUT_LINK, snapshot.company_id, now)
     if recorded and move.commands:
         await enqueue(tx, commands=move.commands, now=now)
     return recorded
@@ -465,30 +476,30 @@ async def record_rate_limit(tx: Tx, *, paused_until: datetime | None, daily_quot
 # applied while the job was asking Codat.
 _SET_READINESS = sql("""
 UPDATE companies SET bill_pay_ready = $2 AND EXISTS (
-        SELECT 1 FROM connections WHERE company_id = $1 AND status = 'Linked' AND deleted = FALSE),
+        SELECT 1 FROM connections WHERE company_id = $1 AND status || '' = 'Linked'
+            AND deleted = FALSE),
     bill_pay_checked_at = $3, bill_pay_detail = $4, updated_at = $3
 WHERE id = $1""")
 
 # A company is ready for Bill Pay only while it has a Linked connection to read and pay through.
+# The subquery must walk the company's connections (ix_connections_company_id_id), never every
+# Linked connection through the status index: "status || ''" keeps planners off that index.
 _NOT_READY_WITHOUT_LINK = sql("""
 UPDATE companies SET bill_pay_ready = FALSE, bill_pay_checked_at = $2, updated_at = $2
 WHERE id = $1 AND bill_pay_ready AND NOT EXISTS (
-    SELECT 1 FROM connections WHERE company_id = $1 AND status = 'Linked' AND deleted = FALSE)""")
+    SELECT 1 FROM connections c WHERE c.company_id = companies.id
+        AND c.status || '' = 'Linked' AND c.deleted = FALSE)""")
 
 _DATA_TYPE_STATUSES = sql("SELECT data_type, status FROM data_type_status WHERE company_id = $1")
 
 _LINKED_CONNECTION = sql("""
-SELECT id FROM connections WHERE company_id = $1 AND status = 'Linked' AND deleted = FALSE
+SELECT id FROM connections WHERE company_id = $1 AND status || '' = 'Linked' AND deleted = FALSE
 ORDER BY updated_at DESC LIMIT 1""")
 
 
 async def set_readiness(tx: Tx, *, company_id: str, ready: bool, detail: dict[str, Any],
                         now: datetime) -> None:
     await tx.execute(_SET_READINESS, company_id, ready, now, to_json(detail))
-
-
-async def not_ready_without_link(tx: Tx, *, company_id: str, now: datetime) -> None:
-    await tx.execute(_NOT_READY_WITHOUT_LINK, company_id, now)
 
 
 async def data_type_statuses(tx: Tx, *, company_id: str) -> dict[str, str]:
