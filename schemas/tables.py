@@ -79,9 +79,10 @@ class ConnectionHistory(SQLModel, table=True):
     __tablename__ = "connection_history"
     __table_args__ = (
         # One row per (connection, event): a replayed or re-sent event records nothing twice.
+        # Also serves a connection's history (by its connection_id prefix): a connection has
+        # tens of rows, and every index here is paid on each delivery.
         sa.UniqueConstraint("connection_id", "event_id", "event_type",
                             name="uq_connection_history_event"),
-        sa.Index("ix_connection_history_connection_id_id", "connection_id", "id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -104,7 +105,6 @@ class Delivery(SQLModel, table=True):
     __table_args__ = (
         sa.Index("ix_deliveries_received_at", "received_at"),
         sa.Index("ix_deliveries_outcome_received_at", "outcome", "received_at"),
-        sa.Index("ix_deliveries_company_id", "company_id"),
     )
 
     message_id: str = Field(primary_key=True)
