@@ -165,3 +165,38 @@ async def service(database_url: str) -> AsyncIterator[Service]:
     finally:
         await client.aclose()
         await lifespan.__aexit__(None, None, None)
+
+
+async def install_failure(db: Database, *connection_ids: str) -> None:
+    """Make our own processing fail for these connections, with a real database trigger (no
+    mock of our code): inserting their history row raises."""
+    ids = ", ".join(f"'{c}'" for c in connection_ids)
+    if db.dialect == "sqlite":
+        statements = [f"""CREATE TRIGGER inject_failure BEFORE INSERT ON connection_history
+                          WHEN NEW.connection_id IN ({ids})
+                          BEGIN SELECT RAISE(ABORT, 'injected failure'); END"""]
+    else:
+        statements = [  # a trigger outlives TRUNCATE: replace one a failed test left behind
+            "DROP TRIGGER IF EXISTS inject_failure ON connection_history",
+            f"""CREATE OR REPLACE FUNCTION inject_failure() RETURNS trigger AS $$
+                BEGIN IF NEW.connection_id IN ({ids}) THEN
+                RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$
+                LANGUAGE plpgsql""",
+            """CREATE TRIGGER inject_failure BEFORE INSERT ON connection_history
+               FOR EACH ROW EXECUTE FUNCTION inject_failure()"""]
+    await _ddl(db, statements)
+
+
+async def remove_failure(db: Database) -> None:
+    if db.dialect == "sqlite":
+        await _ddl(db, ["DROP TRIGGER IF EXISTS inject_failure"])
+    else:
+        await _ddl(db, ["DROP TRIGGER IF EXISTS inject_failure ON connection_history",
+                        "DROP FUNCTION IF EXISTS inject_failure()"])
+
+
+async def _ddl(db: Database, statements: list[str]) -> None:
+    async def work(tx: Any) -> None:
+        for statement in statements:
+            await tx.execute(sql(statement))
+    await db.write(work)

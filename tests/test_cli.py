@@ -31,11 +31,11 @@ from service import oncall
 from service.app import build_worker
 from service.cli import main
 from service.codat import CodatClient
-from service.db import sql, utcnow
+from service.db import utcnow
 from service.ingest import examine, ingest, new_delivery
 from service.localserver import free_port, running
 from service.sandbox import SandboxConfig, create_sandbox_app
-from tests.conftest import Service
+from tests.conftest import Service, install_failure, remove_failure
 from tests.factories import (
     SECRET,
     at,
@@ -174,52 +174,19 @@ async def run_jobs(service: Service, transport: httpx.MockTransport) -> int:
     return ran
 
 
-async def _ddl(service: Service, statements: list[str]) -> None:
-    async def work(tx: Any) -> None:
-        for statement in statements:
-            await tx.execute(sql(statement))
-    await service.db.write(work)
-
-
-async def install_failure(service: Service, connection_ids: list[str]) -> None:
-    """Make our own processing fail for these connections, with a real database trigger."""
-    ids = ", ".join(f"'{c}'" for c in connection_ids)
-    if service.db.dialect == "sqlite":
-        statements = [f"""CREATE TRIGGER inject_failure BEFORE INSERT ON connection_history
-                          WHEN NEW.connection_id IN ({ids})
-                          BEGIN SELECT RAISE(ABORT, 'injected failure'); END"""]
-    else:
-        statements = [  # replacing a trigger another test may have left behind
-            "DROP TRIGGER IF EXISTS inject_failure ON connection_history",
-            f"""CREATE OR REPLACE FUNCTION inject_failure() RETURNS trigger AS $$
-                BEGIN IF NEW.connection_id IN ({ids}) THEN
-                RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$
-                LANGUAGE plpgsql""",
-            """CREATE TRIGGER inject_failure BEFORE INSERT ON connection_history
-               FOR EACH ROW EXECUTE FUNCTION inject_failure()"""]
-    await _ddl(service, statements)
-
-
-async def remove_failure(service: Service) -> None:
-    if service.db.dialect == "sqlite":
-        await _ddl(service, ["DROP TRIGGER inject_failure"])
-    else:
-        await _ddl(service, ["DROP TRIGGER inject_failure ON connection_history",
-                             "DROP FUNCTION inject_failure()"])
-
 
 async def failed_deliveries(service: Service, count: int) -> list[tuple[str, str, str]]:
     """``count`` connection.connected deliveries our own processing failed on (500, kept,
     marked failed); the failure is removed afterwards. (message id, company, connection)"""
     seeded = [(f"msg_{uuid.uuid4().hex}", new_id(), new_id()) for _ in range(count)]
-    await install_failure(service, [connection for _, _, connection in seeded])
+    await install_failure(service.db, *(connection for _, _, connection in seeded))
     try:
         for message_id, company, connection in seeded:
             await deliver(service, connection_body(
                 "connection.connected", company_id=company, connection_id=connection,
                 status="Linked", generated=at(0)), msg_id=message_id, expect=500)
     finally:
-        await remove_failure(service)  # PostgreSQL keeps triggers across tests
+        await remove_failure(service.db)  # PostgreSQL keeps triggers across tests
     return seeded
 
 
@@ -553,7 +520,7 @@ async def test_replay_dry_run_of_a_missing_message_exits_non_zero(service: Servi
 async def test_replay_that_fails_again_exits_non_zero_and_keeps_the_delivery(
         service: Service, cli: Cli) -> None:
     [(failed, _, connection)] = await failed_deliveries(service, 1)
-    await install_failure(service, [connection])
+    await install_failure(service.db, connection)
     try:
         before = await service.counts()
         result = fails(await cli("replay", failed, "--apply", "--reason", "too soon", "--json"))
@@ -563,7 +530,7 @@ async def test_replay_that_fails_again_exits_non_zero_and_keeps_the_delivery(
         assert await service.counts() == before
         assert (await delivery(service, failed))["outcome"] == "failed"
     finally:
-        await remove_failure(service)
+        await remove_failure(service.db)
     ok(await cli("replay", failed, "--apply", "--reason", "fixed now"))
     assert (await delivery(service, failed))["outcome"] == "processed"
 

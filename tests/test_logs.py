@@ -23,13 +23,13 @@ from click.testing import CliRunner, Result
 
 from service.app import build_worker, create_app
 from service.cli import main
-from service.db import Database, open_database, sql
+from service.db import open_database
 from service.errors import ConfigError
 from service.localserver import free_port, running
 from service.logs import ConsoleFormatter, JsonFormatter, configure_logging, get_logger, scrub
 from service.sandbox import SandboxConfig, create_sandbox_app
 from service.settings import load_settings
-from tests.conftest import Service, make_settings
+from tests.conftest import Service, install_failure, make_settings, remove_failure
 from tests.factories import (
     OTHER_SECRET,
     at,
@@ -699,33 +699,3 @@ async def test_no_secret_reaches_any_output(database_url: str, capfd: Any,
 
 # --- a real database failure, the way tests/test_receiver.py makes one ------------------------
 
-async def install_failure(db: Database, connection_id: str) -> None:
-    if db.dialect == "sqlite":
-        statements = [f"""CREATE TRIGGER inject_failure BEFORE INSERT ON connection_history
-                          WHEN NEW.connection_id = '{connection_id}'
-                          BEGIN SELECT RAISE(ABORT, 'injected failure'); END"""]
-    else:
-        statements = [  # replacing a trigger another test may have left behind
-            "DROP TRIGGER IF EXISTS inject_failure ON connection_history",
-            f"""CREATE OR REPLACE FUNCTION inject_failure() RETURNS trigger AS $$
-                BEGIN IF NEW.connection_id = '{connection_id}' THEN
-                RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$
-                LANGUAGE plpgsql""",
-            """CREATE TRIGGER inject_failure BEFORE INSERT ON connection_history
-               FOR EACH ROW EXECUTE FUNCTION inject_failure()"""]
-    await _ddl(db, statements)
-
-
-async def remove_failure(db: Database) -> None:
-    if db.dialect == "sqlite":
-        await _ddl(db, ["DROP TRIGGER inject_failure"])
-    else:
-        await _ddl(db, ["DROP TRIGGER inject_failure ON connection_history",
-                        "DROP FUNCTION inject_failure()"])
-
-
-async def _ddl(db: Database, statements: list[str]) -> None:
-    async def work(tx: Any) -> None:
-        for statement in statements:
-            await tx.execute(sql(statement))
-    await db.write(work)

@@ -12,7 +12,13 @@ import orjson
 import pytest
 
 from service.localserver import free_port
-from tests.conftest import Service, make_settings, start_service
+from tests.conftest import (
+    Service,
+    install_failure,
+    make_settings,
+    remove_failure,
+    start_service,
+)
 from tests.factories import (
     OTHER_SECRET,
     SECRET_2,
@@ -403,44 +409,13 @@ async def test_authentic_but_unusable_is_stored_and_acknowledged(
 
 # --- failures --------------------------------------------------------------------------------
 
-async def _install_failure(service: Service, connection_id: str) -> None:
-    """Make our own processing fail for one connection, with a real database trigger."""
-    if service.db.dialect == "sqlite":
-        statements = [f"""CREATE TRIGGER inject_failure BEFORE INSERT ON connection_history
-                          WHEN NEW.connection_id = '{connection_id}'
-                          BEGIN SELECT RAISE(ABORT, 'injected failure'); END"""]
-    else:
-        statements = [
-            f"""CREATE OR REPLACE FUNCTION inject_failure() RETURNS trigger AS $$
-                BEGIN IF NEW.connection_id = '{connection_id}' THEN
-                RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$
-                LANGUAGE plpgsql""",
-            """CREATE TRIGGER inject_failure BEFORE INSERT ON connection_history
-               FOR EACH ROW EXECUTE FUNCTION inject_failure()"""]
-    await _ddl(service, statements)
 
-
-async def _remove_failure(service: Service) -> None:
-    if service.db.dialect == "sqlite":
-        await _ddl(service, ["DROP TRIGGER inject_failure"])
-    else:
-        await _ddl(service, ["DROP TRIGGER inject_failure ON connection_history",
-                             "DROP FUNCTION inject_failure()"])
-
-
-async def _ddl(service: Service, statements: list[str]) -> None:
-    from service.db import sql
-
-    async def work(tx):  # type: ignore[no-untyped-def]
-        for statement in statements:
-            await tx.execute(sql(statement))
-    await service.db.write(work)
 
 
 async def test_our_own_failure_rolls_back_keeps_the_delivery_and_answers_500(
         service: Service) -> None:
     company, connection = new_id(), new_id()
-    await _install_failure(service, connection)
+    await install_failure(service.db, connection)
     body = connection_body("connection.connected", company_id=company, connection_id=connection,
                            status="Linked", generated=at(0))
     headers = sign(body)
@@ -454,7 +429,7 @@ async def test_our_own_failure_rolls_back_keeps_the_delivery_and_answers_500(
     assert "injected failure" in stored["error"]
 
     # Codat retries the same message: a failed delivery is processed again, not swallowed.
-    await _remove_failure(service)
+    await remove_failure(service.db)
     retry = await service.client.post("/webhooks/codat", content=body, headers=headers)
     assert retry.status_code == 200
     assert retry.json() == {"outcome": "processed", "disposition": "reprocessed"}
@@ -465,13 +440,13 @@ async def test_our_own_failure_rolls_back_keeps_the_delivery_and_answers_500(
 
 async def test_one_failing_delivery_does_not_fail_the_others(service: Service) -> None:
     failing, fine = new_id(), [new_id() for _ in range(6)]
-    await _install_failure(service, failing)
+    await install_failure(service.db, failing)
     bodies = [connection_body("connection.created", company_id=new_id(), connection_id=c,
                               status="PendingAuth", generated=at(0)) for c in [failing, *fine]]
     try:
         responses = await asyncio.gather(*[service.deliver(b) for b in bodies])
     finally:
-        await _remove_failure(service)  # a PostgreSQL trigger outlives the tables' TRUNCATE
+        await remove_failure(service.db)  # a PostgreSQL trigger outlives TRUNCATE
     assert [r.status_code for r in responses] == [500] + [200] * 6
     for connection in fine:
         assert (await connection_state(service, connection))["status"] == "PendingAuth"
