@@ -6,15 +6,11 @@ Settings are read once here, in each command, never at import.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
 
 import click
 
 from service.errors import ConfigError
 from service.settings import Settings, load_settings
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _settings() -> Settings:
