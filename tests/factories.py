@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -107,6 +108,19 @@ def read_completed_body(*, company_id: str, connection_id: str, statuses: dict[s
                     "dataTypes": [{"connectionId": connection_id, "dataType": data_type,
                                    "recordsModified": True, "status": status}
                                   for data_type, status in statuses.items()]}})
+
+
+def spec_operations() -> set[tuple[str, str]]:
+    """(METHOD, path regex) of every operation in Codat's Platform and sync Bill Pay specs."""
+    operations = set()
+    for name in ("Codat-Platform.json", "Codat-Sync-Payables.json"):
+        spec = orjson.loads((OAS_DIR / name).read_bytes())
+        for path, item in spec["paths"].items():
+            pattern = "^" + re.sub(r"\{[^}]+\}", "[^/]+", path) + "$"
+            for method in item:
+                if method in ("get", "post", "patch", "put", "delete"):
+                    operations.add((method.upper(), pattern))
+    return operations
 
 
 def new_id() -> str:

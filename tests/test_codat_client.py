@@ -22,7 +22,7 @@ from service.codat import (
     authorization_header,
     parse_retry_after,
 )
-from tests.factories import OAS_DIR
+from tests.factories import OAS_DIR, spec_operations
 
 API_KEY = "sk_live_a-very-secret-codat-key-0123456789"
 
@@ -198,17 +198,6 @@ async def test_payment_bank_accounts_follow_continuation_tokens() -> None:
 
 # --- the requests the client makes exist in Codat's OpenAPI files ---------------------------
 
-def _spec_operations() -> set[tuple[str, str]]:
-    operations = set()
-    for name in ("Codat-Platform.json", "Codat-Sync-Payables.json"):
-        spec = json.loads((OAS_DIR / name).read_text())
-        for path, item in spec["paths"].items():
-            pattern = "^" + re.sub(r"\{[^}]+\}", "[^/]+", path) + "$"
-            for method in item:
-                if method in ("get", "post", "patch", "put", "delete"):
-                    operations.add((method.upper(), pattern))
-    return operations
-
 
 @pytest.mark.skipif(not OAS_DIR.is_dir(), reason="../shared/codat/oas is absent")
 async def test_every_request_the_client_makes_is_an_operation_in_codats_specs() -> None:
@@ -245,7 +234,7 @@ async def test_every_request_the_client_makes_is_an_operation_in_codats_specs() 
     await client.company_information("co", "cn")
     await client.payment_bank_accounts("co", "cn")
 
-    operations = _spec_operations()
+    operations = spec_operations()
     for request in recorder.requests:
         assert any(method == request.method and re.match(pattern, request.url.path)
                    for method, pattern in operations), (request.method, request.url.path)

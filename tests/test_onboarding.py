@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from schemas.platforms import SUPPORTED_PLATFORMS, BillPayMode
-from tests.factories import OAS_DIR, new_id
+from tests.factories import OAS_DIR, new_id, spec_operations
 from tests.flow import BILL_PAY_TYPES, Flow, eventually, flow
 
 COMPANY_CALL = r"/companies"
@@ -136,18 +136,6 @@ async def test_the_seed_flow_end_to_end(database_url: str, mode: str) -> None:
         assert len(f.sandbox.companies) == 1 and company_id in f.sandbox.companies
 
 
-def _spec_operations() -> set[tuple[str, str]]:
-    operations = set()
-    for name in ("Codat-Platform.json", "Codat-Sync-Payables.json"):
-        spec = json.loads((OAS_DIR / name).read_text())
-        for path, item in spec["paths"].items():
-            pattern = "^" + re.sub(r"\{[^}]+\}", "[^/]+", path) + "$"
-            for method in item:
-                if method in ("get", "post", "patch", "put", "delete"):
-                    operations.add((method.upper(), pattern))
-    return operations
-
-
 @pytest.mark.skipif(not OAS_DIR.is_dir(), reason=f"{OAS_DIR} is absent")
 @pytest.mark.parametrize("mode", ["async", "sync"])
 async def test_every_call_of_the_seed_flow_is_a_codat_operation(database_url: str,
@@ -155,7 +143,7 @@ async def test_every_call_of_the_seed_flow_is_a_codat_operation(database_url: st
     async with flow(database_url, bill_pay_mode=mode) as f:
         await seed(f, mode)
         calls = await f.calls()
-    operations = _spec_operations()
+    operations = spec_operations()
     assert {c["method"] for c in calls} >= {"POST", "PATCH", "GET"}
     for call in calls:
         assert any(method == call["method"] and re.match(pattern, call["path"])

@@ -32,7 +32,8 @@ from referencing.jsonschema import DRAFT202012
 from starlette.routing import Route
 
 from service.sandbox import api, followups
-from tests.test_sandbox_fixtures import Harness, eventually, make_config, running
+from tests.flow import eventually
+from tests.test_sandbox_fixtures import Harness, make_config, running
 
 SHARED = Path(os.environ.get("CODAT_SHARED_DIR",
                              Path(__file__).resolve().parents[2] / "shared" / "codat"))

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import inspect
 import json
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +22,7 @@ from svix.webhooks import Webhook
 
 from service.sandbox import SandboxConfig, create_sandbox_app
 from service.sandbox.state import Sandbox
+from tests.flow import eventually
 
 API_KEY = "sandbox-test-key-7fQ2mZ0aLr9XcV3bN8dK1sT6"
 AUTH = {"Authorization": "Basic " + base64.b64encode(API_KEY.encode()).decode()}
@@ -32,20 +31,6 @@ PUBLIC_URL = "http://127.0.0.1:8100"
 FAST_RETRIES = (0, 0.05, 0.1, 0.2)
 BILL_PAY_TYPES = {"bankAccounts", "bills", "billPayments", "chartOfAccounts", "company",
                   "paymentMethods", "suppliers"}
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
-    """Poll ``check`` (sync or async) until it returns something truthy; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {check}")
-        await asyncio.sleep(0.01)
 
 
 @dataclass

@@ -6,6 +6,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from schemas.platforms import PLATFORM_NAMES
+
 _NAMESPACE = uuid.UUID("6f1c7f43-3d0e-4c55-9a55-2f6b1f0e7c11")
 
 
@@ -27,19 +29,10 @@ class Platform:
         return str(uuid.uuid5(_NAMESPACE, f"source:{self.key}"))
 
 
+# The names are the contract's table (schemas/platforms.py); QuickBooks Desktop runs through
+# Codat's offline connector.
 PLATFORMS: dict[str, Platform] = {
-    platform.key: platform
-    for platform in (
-        Platform("qhyg", "QuickBooks Online"),
-        Platform("gbol", "Xero"),
-        Platform("akxx", "Oracle NetSuite"),
-        Platform("pqsw", "QuickBooks Desktop", offline=True),
-        Platform("pdvj", "MYOB Business"),
-        Platform("knfz", "Sage Intacct"),
-        Platform("fbrh", "FreeAgent"),
-        Platform("rwuv", "Zoho Books"),
-        Platform("ndsk", "QuickBooks Online Sandbox"),
-    )
+    key: Platform(key, name, offline=key == "pqsw") for key, name in PLATFORM_NAMES.items()
 }
 
 
