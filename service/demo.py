@@ -73,7 +73,7 @@ async def run_demo(*, database_url: str | None = None, platform_key: str = "qhyg
     sandbox_sock, service_sock = listening_socket(), listening_socket()
     sandbox_url, service_url = url_of(sandbox_sock), url_of(service_sock)
 
-    upgrade(database_url)
+    await asyncio.to_thread(upgrade, database_url)  # alembic runs its own loop on PostgreSQL
     settings = load_settings(
         codat_webhook_secrets=secret, service_api_tokens=token, database_url=database_url,
         codat_api_key=api_key, codat_base_url=sandbox_url, worker_poll_seconds=0.05,
