@@ -35,13 +35,13 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
 import orjson
 
-from service.errors import DatabaseUnavailable
+from service.errors import Contended, DatabaseUnavailable
 
 T = TypeVar("T")
 Row = Mapping[str, Any]
@@ -82,6 +82,27 @@ class Tx(Protocol):
 
 
 Work = Callable[[Tx], Coroutine[Any, Any, T]]
+
+
+class SetWork(ABC, Generic[T]):
+    """A unit of work that can also run set-based: when a batch commits several units of the
+    same class back to back, :meth:`run_together` runs them in one go (fewer statements, the
+    same effects as running each in turn). Alone, the unit is simply called."""
+
+    @abstractmethod
+    async def __call__(self, tx: Tx) -> T: ...
+
+    @classmethod
+    @abstractmethod
+    async def run_together(cls, tx: Tx, works: Sequence[Self]) -> list[T]:
+        """The results of ``works``, in their order, as if each had run in turn."""
+
+    @classmethod
+    async def run_at_once(cls, tx: Tx, works: Sequence[Self]) -> list[T | None]:
+        """Try ``works`` OUTSIDE a transaction, with statements that each commit on their own
+        (PostgreSQL). A result for each unit done; None for each unit left to run in a
+        transaction, for which nothing was written. By default, none is done this way."""
+        return [None] * len(works)
 
 
 def as_dt(value: Any) -> datetime | None:
@@ -378,18 +399,30 @@ class _PgTx:
         self._conn = conn
 
     async def fetchrow(self, q: Sql, *args: Any) -> Row | None:
-        row: Row | None = await self._conn.fetchrow(q.pg, *args)
+        try:
+            row: Row | None = await self._conn.fetchrow(q.pg, *args)
+        except _PG_CONTENDED as exc:
+            raise Contended(str(exc)) from exc
         return row
 
     async def fetch(self, q: Sql, *args: Any) -> Sequence[Row]:
-        rows: list[Row] = await self._conn.fetch(q.pg, *args)
+        try:
+            rows: list[Row] = await self._conn.fetch(q.pg, *args)
+        except _PG_CONTENDED as exc:
+            raise Contended(str(exc)) from exc
         return rows
 
     async def fetchval(self, q: Sql, *args: Any) -> Any:
-        return await self._conn.fetchval(q.pg, *args)
+        try:
+            return await self._conn.fetchval(q.pg, *args)
+        except _PG_CONTENDED as exc:
+            raise Contended(str(exc)) from exc
 
     async def execute(self, q: Sql, *args: Any) -> None:
-        await self._conn.execute(q.pg, *args)
+        try:
+            await self._conn.execute(q.pg, *args)
+        except _PG_CONTENDED as exc:
+            raise Contended(str(exc)) from exc
 
 
 # Errors that mean "the database cannot be written now" rather than "our code is wrong".
@@ -403,7 +436,7 @@ _PG_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.ReadOnlySQLTransactionError,  # a standby, or a primary gone read-only
     asyncpg.UndefinedTableError,  # migrations not applied yet
 )
-_PG_RETRY: tuple[type[BaseException], ...] = (
+_PG_CONTENDED: tuple[type[BaseException], ...] = (
     asyncpg.DeadlockDetectedError, asyncpg.SerializationError,
 )
 
@@ -415,14 +448,16 @@ class _Pending:
 
 
 class PostgresDatabase(Database):
-    """PostgreSQL through an asyncpg pool.
+    """PostgreSQL through asyncpg.
 
     Writes with an affinity (the receiver's, by connection) go through a few partitions, each
-    committing what queued up while its previous transaction ran in ONE transaction (group
-    commit, as on SQLite). A given connection always maps to the same partition, so within a
-    process no two batches wait on each other's row locks; across replicas PostgreSQL detects
-    such a deadlock and the batch is retried one unit of work at a time. Other writes run in a
-    transaction of their own.
+    committing what queued up while its previous batch ran (group commit, as on SQLite). A batch
+    first tries :meth:`SetWork.run_at_once` (one statement that commits on its own), then runs
+    what is left in ONE transaction. A given connection always maps to the same partition, so
+    within a process no two batches wait on each other's row locks; across replicas PostgreSQL
+    detects such a deadlock and the batch is retried one unit of work at a time. Each partition
+    has a connection of its own, set up for keyed writes (see :data:`_KEYED_WRITES`). Other
+    writes, and reads, share a pool of ``pool_size`` connections.
     """
 
     dialect = "postgresql"
@@ -434,6 +469,7 @@ class PostgresDatabase(Database):
         self._pool_size = pool_size
         self._acquire_timeout = acquire_timeout
         self._pool: asyncpg.Pool | None = None
+        self._batch_pool: asyncpg.Pool | None = None
         self._partitions = write_partitions
         self._max_batch = max_batch
         self._queues: list[asyncio.Queue[_Pending | None]] = []
@@ -445,6 +481,10 @@ class PostgresDatabase(Database):
             self._dsn, min_size=0, max_size=self._pool_size, command_timeout=30,
             timeout=self._acquire_timeout,
         )
+        self._batch_pool = await asyncpg.create_pool(
+            self._dsn, min_size=0, max_size=self._partitions, command_timeout=30,
+            timeout=self._acquire_timeout, server_settings=dict(_KEYED_WRITES),
+        )
         self._queues = [asyncio.Queue() for _ in range(self._partitions)]
         self._batchers = [asyncio.create_task(self._batch_loop(q)) for q in self._queues]
 
@@ -454,9 +494,10 @@ class PostgresDatabase(Database):
         if self._batchers:
             await asyncio.gather(*self._batchers, return_exceptions=True)
         self._queues, self._batchers = [], []
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        for pool in (self._batch_pool, self._pool):
+            if pool is not None:
+                await pool.close()
+        self._pool = self._batch_pool = None
 
     async def write(self, work: Work[T], *, affinity: str | None = None) -> T:
         if affinity is None or not self._queues:
@@ -483,9 +524,16 @@ class PostgresDatabase(Database):
                 return
 
     async def _commit_batch(self, batch: list[_Pending]) -> None:
+        try:
+            batch = await self._try_at_once(batch)
+        except DatabaseUnavailable as exc:
+            for pending in batch:
+                _settle(pending.future, None, exc)
+            return
         if len(batch) > 1:
             try:
-                results = await self._run(lambda tx: _run_all(tx, batch), transaction=True)
+                results = await self._run(lambda tx: _run_all(tx, batch), transaction=True,
+                                          pool=self._batch_pool)
             except DatabaseUnavailable as exc:
                 for pending in batch:
                     _settle(pending.future, None, exc)
@@ -498,39 +546,107 @@ class PostgresDatabase(Database):
                 return
         for pending in batch:
             try:
-                result = await self._write_alone(pending.work)
+                result = await self._write_alone(pending.work, pool=self._batch_pool)
             except Exception as exc:
                 _settle(pending.future, None, exc)
             else:
                 _settle(pending.future, result, None)
 
-    async def _write_alone(self, work: Work[T]) -> T:
+    async def _try_at_once(self, batch: list[_Pending]) -> list[_Pending]:
+        """Settle what :meth:`SetWork.run_at_once` can do of the batch; the rest, to do."""
+        kind = type(batch[0].work)
+        if not issubclass(kind, SetWork) or any(type(p.work) is not kind for p in batch):
+            return batch
+        works = [cast(SetWork[Any], p.work) for p in batch]
+        try:
+            done = await self._run(lambda tx: kind.run_at_once(tx, works), transaction=False,
+                                   pool=self._batch_pool)
+        except DatabaseUnavailable:
+            raise
+        except Exception:  # lost a race, or failed: nothing was written; under locks, then
+            return batch
+        rest = []
+        for pending, result in zip(batch, done, strict=True):
+            if result is None:
+                rest.append(pending)
+            else:
+                _settle(pending.future, result, None)
+        return rest
+
+    async def _write_alone(self, work: Work[T], *, pool: asyncpg.Pool | None = None) -> T:
         for attempt in range(5):
             try:
-                return await self._run(work, transaction=True)
-            except _PG_RETRY:
+                return await self._run(work, transaction=True, pool=pool)
+            except Contended:
                 await asyncio.sleep(random.uniform(0, 0.02 * 2**attempt))
         raise DatabaseUnavailable("PostgreSQL kept reporting deadlocks; try again")
 
     async def read(self, work: Work[T]) -> T:
         return await self._run(work, transaction=False)
 
-    async def _run(self, work: Work[T], *, transaction: bool) -> T:
-        if self._pool is None:
+    async def _run(self, work: Work[T], *, transaction: bool,
+                   pool: asyncpg.Pool | None = None) -> T:
+        pool = pool or self._pool
+        if pool is None:
             raise DatabaseUnavailable("the database is not open")
         try:
-            async with self._pool.acquire(timeout=self._acquire_timeout) as conn:
+            async with pool.acquire(timeout=self._acquire_timeout) as conn:
                 if not transaction:
                     return await work(_PgTx(conn))
-                async with conn.transaction():
-                    return await work(_PgTx(conn))
+                return await _in_write_transaction(conn, work)
         except _PG_UNAVAILABLE as exc:
             raise DatabaseUnavailable(f"PostgreSQL unavailable: {type(exc).__name__}: {exc}") \
                 from exc
 
 
+# How write statements are planned. The delivery path's set-based statements unnest arrays whose
+# length the planner knows only from the values: left to itself it would plan them afresh at
+# every execution (custom plans), which costs more than running them, or, planning once while
+# the tables are still small, keep a plan that scans them whole. Every write statement here is
+# keyed (primary and unique keys), so one generic plan through the indexes is right for all.
+# The batch connections ask for it when they connect (so that the pool's RESET ALL keeps it);
+# other write transactions set it for themselves (SET LOCAL); reads keep the defaults, as their
+# filters may want plans by value.
+_KEYED_WRITES = (("plan_cache_mode", "force_generic_plan"), ("enable_seqscan", "off"),
+                 ("enable_hashjoin", "off"), ("enable_mergejoin", "off"))
+_BEGIN_WRITE = "BEGIN; " + " ".join(f"SET LOCAL {k} = {v};" for k, v in _KEYED_WRITES)
+
+
+async def _in_write_transaction(conn: asyncpg.Connection, work: Work[T]) -> T:
+    await conn.execute(_BEGIN_WRITE)  # one round trip, as a bare BEGIN
+    try:
+        result = await work(_PgTx(conn))
+    except BaseException:
+        if not conn.is_closed():
+            with contextlib.suppress(Exception):  # releasing the connection resets it anyway
+                await conn.execute("ROLLBACK")
+        raise
+    await conn.execute("COMMIT")
+    return result
+
+
 async def _run_all(tx: Tx, batch: list[_Pending]) -> list[Any]:
-    return [await pending.work(tx) for pending in batch]
+    """Run a batch's units in order; consecutive :class:`SetWork` units of one class together."""
+    results: list[Any] = []
+    start = 0
+    while start < len(batch):
+        work = batch[start].work
+        end = start + 1
+        if isinstance(work, SetWork):
+            kind = type(work)
+            while end < len(batch) and type(batch[end].work) is kind:
+                end += 1
+            if end - start > 1:
+                together = await kind.run_together(
+                    tx, [cast(SetWork[Any], p.work) for p in batch[start:end]])
+                if len(together) != end - start:
+                    raise RuntimeError(f"{kind.__name__}.run_together lost or invented results")
+                results.extend(together)
+                start = end
+                continue
+        results.append(await work(tx))
+        start = end
+    return results
 
 
 async def with_database(url: str, fn: Callable[[Database], Awaitable[T]], **options: Any) -> T:

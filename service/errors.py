@@ -6,6 +6,7 @@ ReceiverError            a delivery is refused before anything is stored
   ├─ MissingHeaders      400
   └─ InvalidSignature    401
 DatabaseUnavailable      the database cannot be written now (503 with Retry-After)
+Contended                another transaction got there first; nothing written, run it again
 """
 
 from __future__ import annotations
@@ -45,3 +46,8 @@ class InvalidSignature(ReceiverError):
 
 class DatabaseUnavailable(Exception):
     """The database cannot be reached or written now; the caller should retry later."""
+
+
+class Contended(Exception):
+    """Another transaction got there first (a deadlock, a serialization failure, a lost race):
+    nothing was written, and running the work again under row locks settles it."""

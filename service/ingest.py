@@ -14,10 +14,11 @@ The order matters and each step says why:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 from handlers import decide_connection_event, decide_move
 from schemas.commands import Command, ConnectionSnapshot, JobKind, Move
@@ -37,8 +38,9 @@ from schemas.events import (
 from schemas.state import Source, State
 from schemas.webhook import UnsupportedEvent, UnusableDelivery, parse_event
 from service import store
-from service.db import Tx, sql, utcnow
-from service.store import Cause, DeliveryFacts, NewDelivery
+from service.db import SetWork, Tx, sql, utcnow
+from service.errors import Contended
+from service.store import Cause, DeliveryFacts, NewDelivery, OpenEvent, PlannedMove
 
 
 class Outcome(StrEnum):
@@ -122,6 +124,135 @@ async def ingest(tx: Tx, delivery: NewDelivery, examined: Examined) -> IngestRes
             applied = await apply_event(tx, event, delivery_id=delivery.message_id, now=now)
         return IngestResult(Disposition.STORED, outcome, applied)
     return await _stored_before(tx, delivery, examined, now=now)
+
+
+@dataclass(frozen=True, slots=True)
+class Ingest(SetWork[IngestResult]):
+    """:func:`ingest` as a unit of work; a batch of them runs as :func:`ingest_together`."""
+
+    delivery: NewDelivery
+    examined: Examined
+
+    async def __call__(self, tx: Tx) -> IngestResult:
+        return await ingest(tx, self.delivery, self.examined)
+
+    @classmethod
+    async def run_together(cls, tx: Tx, works: Sequence[Ingest]) -> list[IngestResult]:
+        return await ingest_together(tx, [(w.delivery, w.examined) for w in works])
+
+    @classmethod
+    async def run_at_once(cls, tx: Tx, works: Sequence[Ingest]) -> list[IngestResult | None]:
+        return await ingest_at_once(tx, [(w.delivery, w.examined) for w in works])
+
+
+async def ingest_at_once(tx: Tx, items: Sequence[tuple[NewDelivery, Examined]],
+                         ) -> list[IngestResult | None]:
+    """Ingest what can be, OUTSIDE a transaction: on PostgreSQL, runs of new connection events
+    (see :func:`_runs`), each read without a lock and written in one statement that commits on
+    its own. A duplicate is answered from what the read found. None for every delivery left to
+    :func:`ingest_together` (another event, a conflict, a failure to process again, a race
+    lost); nothing was written for those."""
+    results: list[IngestResult | None] = [None] * len(items)
+    if tx.dialect != "postgresql":
+        return results
+    start = 0
+    for run in _runs(items):
+        if isinstance(run[0][1].event, ConnectionEvent):
+            results[start:start + len(run)] = await _connection_events_at_once(tx, run)
+        start += len(run)
+    return results
+
+
+async def ingest_together(tx: Tx, items: Sequence[tuple[NewDelivery, Examined]],
+                          ) -> list[IngestResult]:
+    """:func:`ingest` for several deliveries in one transaction, with the same results as
+    ingesting each in turn. On PostgreSQL, runs of connection events that name no message,
+    connection or company twice take two statements per run, whatever its length."""
+    if tx.dialect != "postgresql":
+        return [await ingest(tx, delivery, examined) for delivery, examined in items]
+    results: list[IngestResult] = []
+    for run in _runs(items):
+        if len(run) == 1:
+            results.append(await ingest(tx, *run[0]))
+        else:
+            results.extend(await _ingest_connection_events(tx, run))
+    return results
+
+
+def _runs(items: Sequence[tuple[NewDelivery, Examined]],
+          ) -> list[list[tuple[NewDelivery, Examined]]]:
+    """Consecutive connection events, cut wherever one names a message, connection or company
+    the run already names (set-based statements write each row once); any other event alone."""
+    runs: list[list[tuple[NewDelivery, Examined]]] = []
+    named: set[tuple[str, str]] | None = None  # what the open run names; None: no open run
+    for delivery, examined in items:
+        event = examined.event
+        if not isinstance(event, ConnectionEvent):
+            runs.append([(delivery, examined)])
+            named = None
+            continue
+        keys = {("message", delivery.message_id), ("connection", event.connection.id),
+                ("company", event.company.id)}
+        if named is None or not named.isdisjoint(keys):
+            runs.append([])
+            named = set()
+        runs[-1].append((delivery, examined))
+        named |= keys
+    return runs
+
+
+async def _connection_events_at_once(tx: Tx, run: Sequence[tuple[NewDelivery, Examined]],
+                                     ) -> list[IngestResult | None]:
+    now = utcnow()
+    events = [OpenEvent(d, e.facts, cast(ConnectionEvent, e.event)) for d, e in run]
+    results: list[IngestResult | None] = [None] * len(run)
+    todo: list[tuple[int, OpenEvent, PlannedMove, int | None]] = []
+    for index, (item, peeked) in enumerate(
+            zip(events, await store.peek_connection_events(tx, events), strict=True)):
+        stored = peeked.stored
+        if stored is None:
+            plan = _plan_connection_event(item.event, peeked.snapshot, item.delivery.message_id)
+            todo.append((index, item, plan, peeked.version))
+        elif stored["body_sha256"] == item.delivery.sha256 and stored["outcome"] != Outcome.FAILED:
+            results[index] = IngestResult(Disposition.DUPLICATE, Outcome(stored["outcome"]),
+                                          Applied())
+        # else: another body under this id, or a failure to process again: under row locks
+    if not todo:
+        return results
+    try:
+        await store.commit_connection_events(tx, [(i, p, v) for _, i, p, v in todo], now=now)
+    except Contended:  # a row changed since it was read: nothing written; under locks, then
+        return results
+    for index, item, plan, _ in todo:
+        applied = Applied([(plan.snapshot.id, plan.move)], len(plan.move.commands))
+        results[index] = IngestResult(Disposition.STORED, Outcome(item.facts.outcome), applied)
+    return results
+
+
+async def _ingest_connection_events(tx: Tx, run: Sequence[tuple[NewDelivery, Examined]],
+                                    ) -> list[IngestResult]:
+    now = utcnow()
+    opened = await store.open_connection_events(
+        tx, [OpenEvent(d, e.facts, cast(ConnectionEvent, e.event)) for d, e in run], now=now)
+    results: list[IngestResult | None] = []
+    planned: list[tuple[int, PlannedMove]] = []
+    for (delivery, examined), snapshot in zip(run, opened, strict=True):
+        if snapshot is None:  # stored before: a duplicate, a conflict or a failure to retry
+            results.append(await _stored_before(tx, delivery, examined, now=now))
+            continue
+        event = cast(ConnectionEvent, examined.event)
+        planned.append((len(results), _plan_connection_event(event, snapshot,
+                                                             delivery.message_id)))
+        results.append(None)
+    recorded = await store.record_moves(tx, [p for _, p in planned], now=now)
+    for (index, p), ok in zip(planned, recorded, strict=True):
+        applied = Applied()
+        if ok:
+            applied.moves.append((p.snapshot.id, p.move))
+            applied.jobs += len(p.move.commands)
+        outcome = Outcome(run[index][1].facts.outcome)
+        results[index] = IngestResult(Disposition.STORED, outcome, applied)
+    return [r for r in results if r is not None]
 
 
 async def _stored_before(tx: Tx, delivery: NewDelivery, examined: Examined, *,
@@ -219,17 +350,23 @@ async def apply_move(tx: Tx, snapshot: ConnectionSnapshot, move: Move, cause: Ca
                               errors=errors)
 
 
-async def _apply_connection_event(tx: Tx, event: ConnectionEvent, snapshot: ConnectionSnapshot,
-                                  delivery_id: str | None, applied: Applied, *,
-                                  now: datetime) -> None:
+def _plan_connection_event(event: ConnectionEvent, snapshot: ConnectionSnapshot,
+                           delivery_id: str | None) -> PlannedMove:
     move = decide_connection_event(event, snapshot)
     cause = Cause(event.meta.event_id, event.meta.event_type, delivery_id,
                   event.meta.generated_at)
     errors = event.connection.errors
     if errors is None and move.to_state is not State.DELETED:
         errors = []  # a move that does not report errors clears the old ones
-    await _record_move(tx, snapshot, move, cause, applied, now=now, info=event.connection,
-                       errors=errors, company=event.company)
+    return PlannedMove(snapshot, move, cause, event.connection, errors, event.company)
+
+
+async def _apply_connection_event(tx: Tx, event: ConnectionEvent, snapshot: ConnectionSnapshot,
+                                  delivery_id: str | None, applied: Applied, *,
+                                  now: datetime) -> None:
+    p = _plan_connection_event(event, snapshot, delivery_id)
+    await _record_move(tx, p.snapshot, p.move, p.cause, applied, now=now, info=p.info,
+                       errors=p.errors, company=p.company)
 
 
 async def _record_move(tx: Tx, snapshot: ConnectionSnapshot, move: Move, cause: Cause,

@@ -21,10 +21,10 @@ from service.errors import DatabaseUnavailable, InvalidSignature, ReceiverError
 from service.ingest import (
     Disposition,
     Examined,
+    Ingest,
     IngestResult,
     Outcome,
     examine,
-    ingest,
     new_delivery,
     record_failure,
 )
@@ -87,8 +87,7 @@ class Receiver:
             # Deliveries about one connection share a commit partition (see service/db.py).
             affinity = (examined.facts.connection_id or examined.facts.company_id
                         or delivery.message_id)
-            result = await self._db.write(lambda tx: ingest(tx, delivery, examined),
-                                          affinity=affinity)
+            result = await self._db.write(Ingest(delivery, examined), affinity=affinity)
         except DatabaseUnavailable as exc:
             self._metrics.db_unavailable.inc()
             log.warning("database unavailable, asked Codat to retry", extra={"fields": {

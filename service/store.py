@@ -7,6 +7,7 @@ transaction as ``tx``. Nothing here decides anything: the handlers decide, this 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -249,69 +250,144 @@ async def apply_details(tx: Tx, *, company_id: str, info: ConnectionInfo,
         info.last_sync, to_json(errors))
 
 
-# --- the delivery path, fused on PostgreSQL --------------------------------------------------
+# --- the delivery path, set-based on PostgreSQL ----------------------------------------------
 # Each statement is a round trip, and round trips are what bound a receiver on PostgreSQL. There,
-# data-modifying CTEs do in one statement what SQLite (in-process, no round trips) does in
-# several: the same rows, the same conflict rules. The CTEs of one statement run in no defined
-# order, so at most ONE of them may take a row lock another transaction could also want.
+# data-modifying CTEs over unnest()ed arrays do, for a whole batch of connection events, what
+# SQLite (in-process, no round trips) does row by row: the same rows, the same conflict rules,
+# two statements whatever the batch's size. A batch never names a message, a connection or a
+# company twice (the caller splits it, see service.ingest), so every row a statement writes is
+# written once, and each event's effects are those it would have alone.
+# The CTEs of one statement run in no defined order and see the snapshot taken when the
+# statement began, not each other's writes: that is why each row is written by one CTE only.
 
-_PG_OPEN_CONNECTION_EVENT = sql("""
-WITH fresh AS (
+_PG_OPEN_CONNECTION_EVENTS = sql("""
+WITH d AS (
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[],
+        $6::text[], $7::bytea[], $8::text[], $9::text[], $10::text[], $11::timestamptz[],
+        $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::timestamptz[])
+        WITH ORDINALITY AS d(message_id, msg_timestamp, event_id, event_type, company_id,
+            connection_id, body, body_sha256, headers, secret_id, received_at, outcome, error,
+            name, description, tags, event_time, ord)
+), fresh AS (
     INSERT INTO deliveries (message_id, msg_timestamp, event_id, event_type, company_id,
         connection_id, body, body_sha256, headers, secret_id, received_at, processed_at,
         outcome, error, attempts)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13, 1)
+    SELECT message_id, msg_timestamp, event_id, event_type, company_id, connection_id, body,
+        body_sha256, headers::json, secret_id, received_at, received_at, outcome, error, 1
+    FROM d ORDER BY ord
     ON CONFLICT (message_id) DO NOTHING
     RETURNING message_id
+), opened AS (
+    SELECT d.* FROM d WHERE d.message_id IN (SELECT message_id FROM fresh)
 ), company AS (
-    -- DO NOTHING takes no lock on an existing company; a refresh comes after the move.
+    -- DO NOTHING takes no lock on an existing company; a refresh comes with the move.
     INSERT INTO companies (id, name, description, tags, deleted, bill_pay_ready, last_event_at,
         created_at, updated_at)
-    SELECT $5, $14, $15, $16::text::json, FALSE, FALSE, $17::timestamptz, $11, $11
-    WHERE EXISTS (SELECT 1 FROM fresh)
+    SELECT company_id, name, description, tags::json, FALSE, FALSE, event_time, received_at,
+        received_at
+    FROM opened ORDER BY company_id
     ON CONFLICT (id) DO NOTHING
 ), locked AS (
     SELECT id, company_id, status, deleted, last_event_at FROM connections
-    WHERE id = $6 AND EXISTS (SELECT 1 FROM fresh)
-    FOR UPDATE
+    WHERE id IN (SELECT connection_id FROM opened)
+    ORDER BY id FOR UPDATE
 ), placeholder AS (
     INSERT INTO connections (id, company_id, deleted, version, created_at, updated_at)
-    SELECT $6, $5, FALSE, 0, $11, $11
-    WHERE EXISTS (SELECT 1 FROM fresh) AND NOT EXISTS (SELECT 1 FROM locked)
+    SELECT connection_id, company_id, FALSE, 0, received_at, received_at FROM opened
+    WHERE connection_id NOT IN (SELECT id FROM locked)
+    ORDER BY connection_id
     ON CONFLICT (id) DO NOTHING
     RETURNING id
 )
-SELECT EXISTS (SELECT 1 FROM fresh) AS fresh, EXISTS (SELECT 1 FROM placeholder) AS created,
-    locked.id, locked.company_id, locked.status, locked.deleted, locked.last_event_at
-FROM (SELECT 1) AS one LEFT JOIN locked ON TRUE""")
+SELECT d.message_id IN (SELECT message_id FROM fresh) AS fresh,
+    d.connection_id IN (SELECT id FROM placeholder) AS created,
+    l.id, l.company_id, l.status, l.deleted, l.last_event_at
+FROM d LEFT JOIN locked l ON l.id = d.connection_id
+ORDER BY d.ord""")
 
-_PG_RECORD_MOVE = sql(f"""
-WITH history AS (
+# A company stops being ready for Bill Pay when it loses its last Linked connection. This
+# statement's snapshot still shows the moving connection Linked: look at the others.
+_UNREADY = """(r.unlinks AND co.bill_pay_ready AND NOT EXISTS (
+    SELECT 1 FROM connections o WHERE o.company_id = r.company_id AND o.id <> r.id
+        AND o.status || '' = 'Linked' AND o.deleted = FALSE))"""
+# What the event says of its company, unless an event newer than it already said it.
+_REFRESH = """((co.last_event_at IS NULL OR r.event_time IS NULL
+        OR r.event_time >= co.last_event_at)
+    AND ((r.name IS NOT NULL AND co.name IS DISTINCT FROM r.name)
+        OR (r.description IS NOT NULL AND co.description IS DISTINCT FROM r.description)
+        OR (r.tags IS NOT NULL AND CAST(co.tags AS TEXT) IS DISTINCT FROM r.tags)))"""
+
+_PG_RECORD_MOVES = sql(f"""
+WITH m AS (
+    SELECT * FROM unnest($2::text[], $3::text[], $4::boolean[], $5::timestamptz[], $6::text[],
+        $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+        $14::timestamptz[], $15::timestamptz[], $16::text[], $17::text[], $18::text[],
+        $19::text[], $20::text[], $21::text[], $22::text[], $23::text[], $24::boolean[],
+        $25::text[], $26::text[], $27::text[], $28::boolean[])
+        AS m(id, status, deleted, event_time, event_id, company_id, platform_key,
+            platform_name, source_type, integration_id, source_id, link_url, created, last_sync,
+            errors, from_state, to_state, result, source, event_type, delivery_id, reason,
+            applied, name, description, tags, unlinks)
+), history AS (
     INSERT INTO connection_history (connection_id, company_id, from_state, to_state, result,
         source, event_id, event_type, delivery_id, event_time, recorded_at, reason)
-    VALUES ($1, $17, $18, $19, $20, $21, $22, $23, $24, $25, $4, $26)
+    SELECT id, company_id, from_state, to_state, result, source, event_id, event_type,
+        delivery_id, event_time, $1, reason FROM m
     ON CONFLICT (connection_id, event_id, event_type) DO NOTHING
-    RETURNING id
+    RETURNING connection_id
+), recorded AS (
+    SELECT m.* FROM m WHERE m.id IN (SELECT connection_id FROM history)
 ), moved AS (
-    {_APPLY} AND $27::boolean AND EXISTS (SELECT 1 FROM history)
-), unready AS (
-    -- This statement's snapshot still shows the connection Linked: look at the others.
-    UPDATE companies SET bill_pay_ready = FALSE, bill_pay_checked_at = $4, updated_at = $4
-    WHERE $31::boolean AND id = $17 AND bill_pay_ready AND EXISTS (SELECT 1 FROM history)
-        AND NOT EXISTS (SELECT 1 FROM connections c WHERE c.company_id = $17 AND c.id <> $1
-                        AND c.status || '' = 'Linked' AND c.deleted = FALSE)
+    UPDATE connections c SET
+        status = COALESCE(r.status, c.status), deleted = r.deleted,
+        deleted_at = CASE WHEN r.deleted THEN COALESCE(c.deleted_at, $1) ELSE NULL END,
+        last_event_at = COALESCE(r.event_time, c.last_event_at),
+        last_event_id = COALESCE(r.event_id, c.last_event_id),
+        version = c.version + 1, updated_at = $1,
+        company_id = COALESCE(r.company_id, c.company_id),
+        platform_key = COALESCE(r.platform_key, c.platform_key),
+        platform_name = COALESCE(r.platform_name, c.platform_name),
+        source_type = COALESCE(r.source_type, c.source_type),
+        integration_id = COALESCE(r.integration_id, c.integration_id),
+        source_id = COALESCE(r.source_id, c.source_id),
+        link_url = COALESCE(r.link_url, c.link_url), created = COALESCE(r.created, c.created),
+        last_sync = COALESCE(r.last_sync, c.last_sync),
+        errors = COALESCE(r.errors::json, c.errors)
+    FROM recorded r WHERE c.id = r.id AND r.applied
 ), company AS (
-    UPDATE companies SET name = COALESCE($28::text, name),
-        description = COALESCE($29::text, description),
-        tags = COALESCE($30::text::json, tags), last_event_at = COALESCE($25, last_event_at),
-        updated_at = $4
-    WHERE id = $17 AND EXISTS (SELECT 1 FROM history)
-        AND (last_event_at IS NULL OR $25 IS NULL OR $25 >= last_event_at)
-        AND (($28::text IS NOT NULL AND name IS DISTINCT FROM $28::text)
-            OR ($29::text IS NOT NULL AND description IS DISTINCT FROM $29::text)
-            OR ($30::text IS NOT NULL AND CAST(tags AS TEXT) IS DISTINCT FROM $30::text))
+    -- One UPDATE for both reasons to touch a company: a statement writes a row once.
+    UPDATE companies co SET
+        bill_pay_ready = co.bill_pay_ready AND NOT {_UNREADY},
+        bill_pay_checked_at = CASE WHEN {_UNREADY} THEN $1 ELSE co.bill_pay_checked_at END,
+        name = CASE WHEN {_REFRESH} THEN COALESCE(r.name, co.name) ELSE co.name END,
+        description = CASE WHEN {_REFRESH} THEN COALESCE(r.description, co.description)
+            ELSE co.description END,
+        tags = CASE WHEN {_REFRESH} THEN COALESCE(r.tags::json, co.tags) ELSE co.tags END,
+        last_event_at = CASE WHEN {_REFRESH} THEN COALESCE(r.event_time, co.last_event_at)
+            ELSE co.last_event_at END,
+        updated_at = $1
+    FROM recorded r WHERE co.id = r.company_id AND ({_UNREADY} OR {_REFRESH})
+), jobs AS (
+    INSERT INTO outbox (id, kind, dedupe_key, company_id, connection_id, payload, status,
+        attempts, max_attempts, next_attempt_at, created_at, updated_at)
+    SELECT j.id, j.kind, j.dedupe_key, j.company_id, j.connection_id, j.payload::json,
+        'pending', 0, j.max_attempts, $1, $1, $1
+    FROM unnest($29::text[], $30::text[], $31::text[], $32::text[], $33::text[], $34::text[],
+        $35::text[], $36::int[])
+        AS j(owner, id, kind, dedupe_key, company_id, connection_id, payload, max_attempts)
+    WHERE j.owner IN (SELECT connection_id FROM history)
+    ON CONFLICT (dedupe_key) DO NOTHING
 )
-SELECT EXISTS (SELECT 1 FROM history)""")
+SELECT connection_id FROM history""")
+
+
+@dataclass(frozen=True, slots=True)
+class OpenEvent:
+    """A connection event's delivery, to store and open together with others."""
+
+    delivery: NewDelivery
+    facts: DeliveryFacts
+    event: ConnectionEvent
 
 
 async def open_connection_event(tx: Tx, *, delivery: NewDelivery, facts: DeliveryFacts,
@@ -320,29 +396,82 @@ async def open_connection_event(tx: Tx, *, delivery: NewDelivery, facts: Deliver
     """Store a connection event's delivery and, if new, make sure its company exists and lock
     its connection (created, state unknown, if never seen). None: the message id is stored
     already."""
-    company, connection_id = event.company, event.connection.id
-    if tx.dialect != "postgresql":
-        if not await insert_delivery(tx, delivery=delivery, facts=facts):
-            return None
-        await upsert_company(tx, company=company, event_time=event.meta.generated_at, now=now)
-        return await lock_connection(tx, connection_id=connection_id, company_id=company.id,
-                                     now=now)
-    row = await tx.fetchrow(
-        _PG_OPEN_CONNECTION_EVENT, delivery.message_id, delivery.timestamp, facts.event_id,
-        facts.event_type, company.id, connection_id, delivery.body, delivery.sha256,
-        to_json(delivery.headers), delivery.secret_id, delivery.received_at, facts.outcome,
-        facts.error, company.name, company.description, to_json(company.tags),
-        event.meta.generated_at)
-    assert row is not None
-    if not row["fresh"]:
+    if tx.dialect == "postgresql":
+        return (await open_connection_events(tx, [OpenEvent(delivery, facts, event)],
+                                             now=now))[0]
+    if not await insert_delivery(tx, delivery=delivery, facts=facts):
         return None
-    if row["id"] is not None:
-        return _snapshot(row)
-    if row["created"]:
-        return ConnectionSnapshot(connection_id, company.id, exists=False, state=None,
-                                  last_event_at=None)
-    # Another transaction created the connection after this statement began: lock its row.
-    return await lock_connection(tx, connection_id=connection_id, company_id=company.id, now=now)
+    company = event.company
+    await upsert_company(tx, company=company, event_time=event.meta.generated_at, now=now)
+    return await lock_connection(tx, connection_id=event.connection.id, company_id=company.id,
+                                 now=now)
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows -> one list per column (the arrays a set-based statement unnests)."""
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * width
+
+
+async def open_connection_events(tx: Tx, items: Sequence[OpenEvent], *,
+                                 now: datetime) -> list[ConnectionSnapshot | None]:
+    """:func:`open_connection_event` for several events at once, on PostgreSQL: one statement.
+    No two items may share a message id, a connection or a company."""
+    rows = [(i.delivery.message_id, i.delivery.timestamp, i.facts.event_id, i.facts.event_type,
+             i.event.company.id, i.event.connection.id, i.delivery.body, i.delivery.sha256,
+             to_json(i.delivery.headers), i.delivery.secret_id, i.delivery.received_at,
+             i.facts.outcome, i.facts.error, i.event.company.name, i.event.company.description,
+             to_json(i.event.company.tags), i.event.meta.generated_at) for i in items]
+    found = await tx.fetch(_PG_OPEN_CONNECTION_EVENTS, *_columns(rows, 17))
+    opened: list[ConnectionSnapshot | None] = []
+    for item, row in zip(items, found, strict=True):
+        connection_id, company_id = item.event.connection.id, item.event.company.id
+        if not row["fresh"]:
+            opened.append(None)
+        elif row["id"] is not None:
+            opened.append(_snapshot(row))
+        elif row["created"]:
+            opened.append(ConnectionSnapshot(connection_id, company_id, exists=False,
+                                             state=None, last_event_at=None))
+        else:  # another transaction created the connection after this statement began
+            opened.append(await lock_connection(tx, connection_id=connection_id,
+                                                company_id=company_id, now=now))
+    return opened
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedMove:
+    """A decided move with everything recording it writes: the history row, the connection
+    (with what ``info`` says of it), the company (with what ``company`` says of it), jobs."""
+
+    snapshot: ConnectionSnapshot
+    move: Move
+    cause: Cause
+    info: ConnectionInfo | None = None
+    errors: list[dict[str, Any]] | None = None
+    company: CompanyInfo | None = None
+
+    @property
+    def unlinks(self) -> bool:
+        """A company is ready for Bill Pay only while it has a Linked connection."""
+        move = self.move
+        return move.applied and move.from_state is State.LINKED \
+            and move.to_state is not State.LINKED
+
+    @property
+    def reason(self) -> str | None:
+        return "; ".join(r for r in (self.cause.reason, self.move.reason) if r) or None
+
+    def details(self) -> tuple[Any, ...]:
+        info = self.info
+        return (None,) * 9 if info is None else (
+            info.platform_key, info.platform_name, info.source_type, info.integration_id,
+            info.source_id, info.link_url, info.created, info.last_sync, to_json(self.errors))
+
+    def history(self) -> tuple[Any, ...]:
+        move = self.move
+        return (move.from_state.value if move.from_state else None, move.to_state.value,
+                move.result.value, move.source.value, self.cause.event_type,
+                self.cause.delivery_id, self.reason)
 
 
 async def record_move(tx: Tx, *, snapshot: ConnectionSnapshot, move: Move, cause: Cause,
@@ -355,35 +484,231 @@ async def record_move(tx: Tx, *, snapshot: ConnectionSnapshot, move: Move, cause
     False, and nothing written, when this event was already recorded for the connection: that
     unique history row is what makes a replayed event a no-op.
     """
-    reason = "; ".join(r for r in (cause.reason, move.reason) if r) or None
-    deleted = move.to_state is State.DELETED
-    status = None if deleted else move.to_state.value
-    details: tuple[Any, ...] = (None,) * 9 if info is None else (
-        info.platform_key, info.platform_name, info.source_type, info.integration_id,
-        info.source_id, info.link_url, info.created, info.last_sync, to_json(errors))
-    apply_args = (snapshot.id, status, deleted, now, cause.event_time, cause.event_id,
-                  snapshot.company_id, *details)
-    history_args = (snapshot.company_id, move.from_state.value if move.from_state else None,
-                    move.to_state.value, move.result.value, move.source.value, cause.event_id,
-                    cause.event_type, cause.delivery_id, cause.event_time, reason)
-    # A company is ready for Bill Pay only while it has a Linked connection.
-    unlinks = (move.applied and move.from_state is State.LINKED
-               and move.to_state is not State.LINKED)
+    planned = PlannedMove(snapshot, move, cause, info, errors, company)
     if tx.dialect == "postgresql":
-        company_args = ((None, None, None) if company is None
-                        else (company.name, company.description, to_json(company.tags)))
-        recorded = bool(await tx.fetchval(_PG_RECORD_MOVE, *apply_args, *history_args,
-                                          move.applied, *company_args, unlinks))
-    else:
-        recorded = await tx.fetchrow(_INSERT_HISTORY, snapshot.id, *history_args[:9], now,
-                                     reason) is not None
-        if recorded and move.applied:
-            await tx.execute(_APPLY_MOVE, *apply_args)
-        if recorded and unlinks:
-            await tx.execute(_NOT_READY_WITHOUT_LINK, snapshot.company_id, now)
+        return (await record_moves(tx, [planned], now=now))[0]
+    from_state, to_state, result, source, event_type, delivery_id, reason = planned.history()
+    recorded = await tx.fetchrow(
+        _INSERT_HISTORY, snapshot.id, snapshot.company_id, from_state, to_state, result, source,
+        cause.event_id, event_type, delivery_id, cause.event_time, now, reason) is not None
+    if recorded and move.applied:
+        status = None if move.to_state is State.DELETED else move.to_state.value
+        await tx.execute(_APPLY_MOVE, snapshot.id, status, move.to_state is State.DELETED, now,
+                         cause.event_time, cause.event_id, snapshot.company_id,
+                         *planned.details())
+    if recorded and planned.unlinks:
+        await tx.execute(_NOT_READY_WITHOUT_LINK, snapshot.company_id, now)
     if recorded and move.commands:
         await enqueue(tx, commands=move.commands, now=now)
     return recorded
+
+
+async def record_moves(tx: Tx, planned: Sequence[PlannedMove], *, now: datetime,
+                       max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> list[bool]:
+    """:func:`record_move` for several moves at once, on PostgreSQL: one statement. No two
+    moves may share a connection or a company."""
+    rows: list[tuple[Any, ...]] = []
+    jobs: list[tuple[Any, ...]] = []
+    for p in planned:
+        move, cause, snapshot = p.move, p.cause, p.snapshot
+        deleted = move.to_state is State.DELETED
+        company = p.company
+        rows.append((
+            snapshot.id, None if deleted else move.to_state.value, deleted, cause.event_time,
+            cause.event_id, snapshot.company_id, *p.details(), *p.history(), move.applied,
+            *((None, None, None) if company is None
+              else (company.name, company.description, to_json(company.tags))),
+            p.unlinks))
+        jobs.extend((snapshot.id, uuid.uuid4().hex, c.kind.value, c.dedupe_key, c.company_id,
+                     c.connection_id, to_json(c.payload), max_attempts) for c in move.commands)
+    recorded = {r["connection_id"] for r in await tx.fetch(
+        _PG_RECORD_MOVES, now, *_columns(rows, 27), *_columns(jobs, 8))}
+    return [p.snapshot.id in recorded for p in planned]
+
+
+# --- the delivery path in one statement, on PostgreSQL ---------------------------------------
+# The fewest round trips of all: read the batch's rows without a lock (one statement), decide in
+# Python, then write everything in ONE statement that commits on its own, with no BEGIN and no
+# COMMIT to wait for. That statement checks what the decisions were made from: each connection
+# still has the version that was read (or still does not exist), each message id is still new,
+# each history row is still unrecorded. If anything changed in between, it calls
+# codat_hooks_lost_race() (migration 0005), which raises: the whole statement is undone and the
+# caller runs the batch again under row locks (open_connection_events, record_moves).
+
+_PG_PEEK_CONNECTION_EVENTS = sql("""
+SELECT s.body_sha256, s.outcome, c.id, c.company_id, c.status, c.deleted, c.last_event_at,
+    c.version
+FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS d(message_id, connection_id, ord)
+LEFT JOIN deliveries s ON s.message_id = d.message_id
+LEFT JOIN connections c ON c.id = d.connection_id
+ORDER BY d.ord""")
+
+_PG_COMMIT_CONNECTION_EVENTS = sql(f"""
+WITH m AS (
+    SELECT * FROM unnest($3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[],
+        $8::text[], $9::bytea[], $10::text[], $11::text[], $12::text[], $13::timestamptz[],
+        $14::text[], $15::text[],
+        $16::text[], $17::text[], $18::text[], $19::text[],
+        $20::text[], $21::text[], $22::bigint[],
+        $23::text[], $24::boolean[], $25::boolean[], $26::timestamptz[], $27::text[],
+        $28::text[], $29::text[], $30::text[], $31::text[], $32::text[], $33::text[],
+        $34::timestamptz[], $35::timestamptz[], $36::text[],
+        $37::text[], $38::text[], $39::text[], $40::text[], $41::text[], $42::text[],
+        $43::text[], $44::boolean[])
+        AS m(message_id, msg_timestamp, d_event_id, d_event_type, d_company_id,
+            d_connection_id, body, body_sha256, headers, secret_id, received_at, outcome, error,
+            co_id, name, description, tags,
+            id, company_id, expected,
+            status, deleted, applied, event_time, event_id,
+            platform_key, platform_name, source_type, integration_id, source_id, link_url,
+            created, last_sync, errors,
+            from_state, to_state, result, source, event_type, delivery_id, reason,
+            unlinks)
+), fresh AS (
+    INSERT INTO deliveries (message_id, msg_timestamp, event_id, event_type, company_id,
+        connection_id, body, body_sha256, headers, secret_id, received_at, processed_at,
+        outcome, error, attempts)
+    SELECT message_id, msg_timestamp, d_event_id, d_event_type, d_company_id, d_connection_id,
+        body, body_sha256, headers::json, secret_id, received_at, received_at, outcome, error, 1
+    FROM m
+    ON CONFLICT (message_id) DO NOTHING
+    RETURNING 1
+), company AS (
+    -- DO NOTHING takes no lock on an existing company; "refreshed" below updates it.
+    INSERT INTO companies (id, name, description, tags, deleted, bill_pay_ready, last_event_at,
+        created_at, updated_at)
+    SELECT co_id, name, description, tags::json, FALSE, FALSE, event_time, $1, $1
+    FROM m ORDER BY co_id
+    ON CONFLICT (id) DO NOTHING
+), born AS (
+    -- A connection first heard of now: inserted as it ends up, unless another got there first.
+    INSERT INTO connections (id, company_id, status, deleted, deleted_at, last_event_at,
+        last_event_id, version, created_at, updated_at, platform_key, platform_name,
+        source_type, integration_id, source_id, link_url, created, last_sync, errors)
+    SELECT id, company_id, CASE WHEN applied THEN status END, applied AND deleted,
+        CASE WHEN applied AND deleted THEN $1::timestamptz END,
+        CASE WHEN applied THEN event_time END, CASE WHEN applied THEN event_id END,
+        CASE WHEN applied THEN 1 ELSE 0 END, $1, $1,
+        CASE WHEN applied THEN platform_key END, CASE WHEN applied THEN platform_name END,
+        CASE WHEN applied THEN source_type END, CASE WHEN applied THEN integration_id END,
+        CASE WHEN applied THEN source_id END, CASE WHEN applied THEN link_url END,
+        CASE WHEN applied THEN created END, CASE WHEN applied THEN last_sync END,
+        CASE WHEN applied THEN errors::json END
+    FROM m WHERE expected IS NULL ORDER BY id
+    ON CONFLICT (id) DO NOTHING
+    RETURNING 1
+), moved AS (
+    -- A waiting UPDATE re-reads the row: a version changed meanwhile drops it from the count.
+    UPDATE connections c SET
+        status = COALESCE(m.status, c.status), deleted = m.deleted,
+        deleted_at = CASE WHEN m.deleted THEN COALESCE(c.deleted_at, $1) ELSE NULL END,
+        last_event_at = COALESCE(m.event_time, c.last_event_at),
+        last_event_id = COALESCE(m.event_id, c.last_event_id),
+        version = c.version + 1, updated_at = $1,
+        company_id = COALESCE(m.company_id, c.company_id),
+        platform_key = COALESCE(m.platform_key, c.platform_key),
+        platform_name = COALESCE(m.platform_name, c.platform_name),
+        source_type = COALESCE(m.source_type, c.source_type),
+        integration_id = COALESCE(m.integration_id, c.integration_id),
+        source_id = COALESCE(m.source_id, c.source_id),
+        link_url = COALESCE(m.link_url, c.link_url), created = COALESCE(m.created, c.created),
+        last_sync = COALESCE(m.last_sync, c.last_sync),
+        errors = COALESCE(m.errors::json, c.errors)
+    FROM m WHERE c.id = m.id AND m.applied AND c.version = m.expected
+    RETURNING 1
+), held AS (
+    -- A move not applied writes no connection, but what it was decided from must still hold.
+    SELECT 1 FROM connections c JOIN m ON c.id = m.id
+    WHERE NOT m.applied AND c.version = m.expected
+    FOR UPDATE OF c
+), history AS (
+    INSERT INTO connection_history (connection_id, company_id, from_state, to_state, result,
+        source, event_id, event_type, delivery_id, event_time, recorded_at, reason)
+    SELECT id, company_id, from_state, to_state, result, source, event_id, event_type,
+        delivery_id, event_time, $1, reason FROM m
+    ON CONFLICT (connection_id, event_id, event_type) DO NOTHING
+    RETURNING 1
+), refreshed AS (
+    UPDATE companies co SET
+        bill_pay_ready = co.bill_pay_ready AND NOT {_UNREADY},
+        bill_pay_checked_at = CASE WHEN {_UNREADY} THEN $1 ELSE co.bill_pay_checked_at END,
+        name = CASE WHEN {_REFRESH} THEN COALESCE(r.name, co.name) ELSE co.name END,
+        description = CASE WHEN {_REFRESH} THEN COALESCE(r.description, co.description)
+            ELSE co.description END,
+        tags = CASE WHEN {_REFRESH} THEN COALESCE(r.tags::json, co.tags) ELSE co.tags END,
+        last_event_at = CASE WHEN {_REFRESH} THEN COALESCE(r.event_time, co.last_event_at)
+            ELSE co.last_event_at END,
+        updated_at = $1
+    FROM m r WHERE co.id = r.company_id AND ({_UNREADY} OR {_REFRESH})
+), jobs AS (
+    INSERT INTO outbox (id, kind, dedupe_key, company_id, connection_id, payload, status,
+        attempts, max_attempts, next_attempt_at, created_at, updated_at)
+    SELECT j.id, j.kind, j.dedupe_key, j.company_id, j.connection_id, j.payload::json,
+        'pending', 0, j.max_attempts, $1, $1, $1
+    FROM unnest($45::text[], $46::text[], $47::text[], $48::text[], $49::text[], $50::text[],
+        $51::int[]) AS j(id, kind, dedupe_key, company_id, connection_id, payload, max_attempts)
+    ON CONFLICT (dedupe_key) DO NOTHING
+)
+SELECT CASE WHEN (SELECT count(*) FROM fresh) = $2
+        AND (SELECT count(*) FROM born) + (SELECT count(*) FROM moved)
+            + (SELECT count(*) FROM held) = $2
+        AND (SELECT count(*) FROM history) = $2
+    THEN TRUE
+    ELSE codat_hooks_lost_race('a row this batch was decided from changed meanwhile') END""")
+
+
+@dataclass(frozen=True, slots=True)
+class Peeked:
+    """What a connection event's rows were just before its one-statement commit (no lock)."""
+
+    stored: Row | None  # the message's stored body_sha256 and outcome; None: a new message
+    snapshot: ConnectionSnapshot
+    version: int | None  # None: no such connection yet
+
+
+async def peek_connection_events(tx: Tx, items: Sequence[OpenEvent]) -> list[Peeked]:
+    """Read, without locking, what the events' messages and connections are (PostgreSQL)."""
+    rows = await tx.fetch(_PG_PEEK_CONNECTION_EVENTS,
+                          [i.delivery.message_id for i in items],
+                          [i.event.connection.id for i in items])
+    peeked = []
+    for item, row in zip(items, rows, strict=True):
+        stored = row if row["body_sha256"] is not None else None
+        if row["id"] is None:
+            snapshot = ConnectionSnapshot(item.event.connection.id, item.event.company.id,
+                                          exists=False, state=None, last_event_at=None)
+            peeked.append(Peeked(stored, snapshot, None))
+        else:
+            peeked.append(Peeked(stored, _snapshot(row), int(row["version"])))
+    return peeked
+
+
+async def commit_connection_events(tx: Tx,
+                                   items: Sequence[tuple[OpenEvent, PlannedMove, int | None]],
+                                   *, now: datetime,
+                                   max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
+    """Store new connection events with their decided moves in ONE statement that commits on
+    its own (PostgreSQL, outside a transaction). ``items`` pair each event with the move decided
+    from :func:`peek_connection_events` and the version it read. Raises
+    :class:`~service.errors.Contended`, having written nothing, if any of that changed since.
+    No two items may share a message id, a connection or a company."""
+    rows: list[tuple[Any, ...]] = []
+    jobs: list[tuple[Any, ...]] = []
+    for item, p, version in items:
+        d, f, company = item.delivery, item.facts, item.event.company
+        move, cause, snapshot = p.move, p.cause, p.snapshot
+        deleted = move.to_state is State.DELETED
+        rows.append((
+            d.message_id, d.timestamp, f.event_id, f.event_type, f.company_id, f.connection_id,
+            d.body, d.sha256, to_json(d.headers), d.secret_id, d.received_at, f.outcome, f.error,
+            company.id, company.name, company.description, to_json(company.tags),
+            snapshot.id, snapshot.company_id, version,
+            None if deleted else move.to_state.value, deleted, move.applied, cause.event_time,
+            cause.event_id, *p.details(), *p.history(), p.unlinks))
+        jobs.extend((uuid.uuid4().hex, c.kind.value, c.dedupe_key, c.company_id,
+                     c.connection_id, to_json(c.payload), max_attempts) for c in move.commands)
+    await tx.fetchval(_PG_COMMIT_CONNECTION_EVENTS, now, len(rows), *_columns(rows, 42),
+                      *_columns(jobs, 7))
 
 
 # --- history and outbox ----------------------------------------------------------------------
