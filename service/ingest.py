@@ -151,15 +151,20 @@ async def ingest_at_once(tx: Tx, items: Sequence[tuple[NewDelivery, Examined]],
     (see :func:`_runs`), each read without a lock and written in one statement that commits on
     its own. A duplicate is answered from what the read found. None for every delivery left to
     :func:`ingest_together` (another event, a conflict, a failure to process again, a race
-    lost); nothing was written for those."""
+    lost, and every run after one of those, so that deliveries still apply in their order);
+    nothing was written for those."""
     results: list[IngestResult | None] = [None] * len(items)
     if tx.dialect != "postgresql":
         return results
     start = 0
     for run in _runs(items):
-        if isinstance(run[0][1].event, ConnectionEvent):
-            results[start:start + len(run)] = await _connection_events_at_once(tx, run)
+        if not isinstance(run[0][1].event, ConnectionEvent):
+            break
+        done = await _connection_events_at_once(tx, run)
+        results[start:start + len(run)] = done
         start += len(run)
+        if None in done:  # what follows waits for it: deliveries are applied in their order
+            break
     return results
 
 
