@@ -147,7 +147,7 @@ class Database(ABC):
 
 
 def open_database(url: str, *, pool_size: int = 8, sqlite_synchronous: str = "FULL",
-                  sqlite_busy_timeout_ms: int = 10_000, write_partitions: int = 2) -> Database:
+                  sqlite_busy_timeout_ms: int = 10_000, write_partitions: int = 1) -> Database:
     """The database for a ``DATABASE_URL`` (not yet started)."""
     if url.startswith("sqlite"):
         return SqliteDatabase(url, synchronous=sqlite_synchronous,
@@ -463,7 +463,7 @@ class PostgresDatabase(Database):
     dialect = "postgresql"
 
     def __init__(self, url: str, *, pool_size: int = 8, acquire_timeout: float = 5.0,
-                 write_partitions: int = 2, max_batch: int = 64) -> None:
+                 write_partitions: int = 1, max_batch: int = 64) -> None:
         self.url = url
         self._dsn = postgres_dsn(url)
         self._pool_size = pool_size

@@ -882,7 +882,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-minutes", type=float, default=0,
                    help="stop (and clean up) after this long (default: from the settings)")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                   help="a codat-hooks setting for its server (e.g. DB_WRITE_PARTITIONS=1)")
+                   help="a codat-hooks setting for its server (e.g. DB_WRITE_PARTITIONS=2)")
     p.add_argument("--keep", action="store_true", help="keep temporary files (logs, SQLite)")
     args = p.parse_args(argv)
     if args.runs < 1 or args.duration < 1 or args.connections < WRK_THREADS:
