@@ -119,6 +119,10 @@ def sqlite_app(path: str, webhook: Webhook, synchronous: str) -> Starlette:
                      lifespan=lifespan)
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """asyncpg has already rolled back an open transaction; there is nothing else to reset."""
+
+
 def postgres_app(dsn: str, webhook: Webhook, pool_size: int) -> Starlette:
     state: dict[str, Any] = {}
 
@@ -144,9 +148,11 @@ def postgres_app(dsn: str, webhook: Webhook, pool_size: int) -> Starlette:
             await conn.execute(PG_SCHEMA)
         finally:
             await conn.close()
-        # The same pool codat-hooks opens (service/db.py): lazily filled, DB_POOL_SIZE at most.
+        # The same pool codat-hooks opens (service/db.py): lazily filled, DB_POOL_SIZE at most,
+        # and no reset round trip when a connection goes back (nothing here changes the session).
         state["pool"] = await asyncpg.create_pool(dsn, min_size=0, max_size=pool_size,
-                                                  command_timeout=30, timeout=5.0)
+                                                  command_timeout=30, timeout=5.0,
+                                                  reset=_keep_session)
         try:
             yield
         finally:
