@@ -317,28 +317,16 @@ _REFRESH = """((co.last_event_at IS NULL OR r.event_time IS NULL
         OR (r.description IS NOT NULL AND co.description IS DISTINCT FROM r.description)
         OR (r.tags IS NOT NULL AND CAST(co.tags AS TEXT) IS DISTINCT FROM r.tags)))"""
 
-_PG_RECORD_MOVES = sql(f"""
-WITH m AS (
-    SELECT * FROM unnest($2::text[], $3::text[], $4::boolean[], $5::timestamptz[], $6::text[],
-        $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
-        $14::timestamptz[], $15::timestamptz[], $16::text[], $17::text[], $18::text[],
-        $19::text[], $20::text[], $21::text[], $22::text[], $23::text[], $24::boolean[],
-        $25::text[], $26::text[], $27::text[], $28::boolean[])
-        AS m(id, status, deleted, event_time, event_id, company_id, platform_key,
-            platform_name, source_type, integration_id, source_id, link_url, created, last_sync,
-            errors, from_state, to_state, result, source, event_type, delivery_id, reason,
-            applied, name, description, tags, unlinks)
-), history AS (
+# Fragments both set-based statements below share; ``m`` is the unnest()ed moves, ``r`` the moves
+# being written.
+_HISTORY_INSERT = """
     INSERT INTO connection_history (connection_id, company_id, from_state, to_state, result,
         source, event_id, event_type, delivery_id, event_time, recorded_at, reason)
     SELECT id, company_id, from_state, to_state, result, source, event_id, event_type,
         delivery_id, event_time, $1, reason FROM m
     ON CONFLICT (connection_id, event_id, event_type) DO NOTHING
-    RETURNING connection_id
-), recorded AS (
-    SELECT m.* FROM m WHERE m.id IN (SELECT connection_id FROM history)
-), moved AS (
-    UPDATE connections c SET
+    RETURNING connection_id"""
+_MOVE_SET = """
         status = COALESCE(r.status, c.status), deleted = r.deleted,
         deleted_at = CASE WHEN r.deleted THEN COALESCE(c.deleted_at, $1) ELSE NULL END,
         last_event_at = COALESCE(r.event_time, c.last_event_at),
@@ -352,10 +340,9 @@ WITH m AS (
         source_id = COALESCE(r.source_id, c.source_id),
         link_url = COALESCE(r.link_url, c.link_url), created = COALESCE(r.created, c.created),
         last_sync = COALESCE(r.last_sync, c.last_sync),
-        errors = COALESCE(r.errors::json, c.errors)
-    FROM recorded r WHERE c.id = r.id AND r.applied
-), company AS (
-    -- One UPDATE for both reasons to touch a company: a statement writes a row once.
+        errors = COALESCE(r.errors::json, c.errors)"""
+# One UPDATE for both reasons to touch a company: a statement writes a row once.
+_COMPANY_UPDATE = f"""
     UPDATE companies co SET
         bill_pay_ready = co.bill_pay_ready AND NOT {_UNREADY},
         bill_pay_checked_at = CASE WHEN {_UNREADY} THEN $1 ELSE co.bill_pay_checked_at END,
@@ -366,7 +353,28 @@ WITH m AS (
         last_event_at = CASE WHEN {_REFRESH} THEN COALESCE(r.event_time, co.last_event_at)
             ELSE co.last_event_at END,
         updated_at = $1
-    FROM recorded r WHERE co.id = r.company_id AND ({_UNREADY} OR {_REFRESH})
+    FROM {{source}} r WHERE co.id = r.company_id AND ({_UNREADY} OR {_REFRESH})"""
+
+_PG_RECORD_MOVES = sql(f"""
+WITH m AS (
+    SELECT * FROM unnest($2::text[], $3::text[], $4::boolean[], $5::timestamptz[], $6::text[],
+        $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+        $14::timestamptz[], $15::timestamptz[], $16::text[], $17::text[], $18::text[],
+        $19::text[], $20::text[], $21::text[], $22::text[], $23::text[], $24::boolean[],
+        $25::text[], $26::text[], $27::text[], $28::boolean[])
+        AS m(id, status, deleted, event_time, event_id, company_id, platform_key,
+            platform_name, source_type, integration_id, source_id, link_url, created, last_sync,
+            errors, from_state, to_state, result, source, event_type, delivery_id, reason,
+            applied, name, description, tags, unlinks)
+), history AS (
+    {_HISTORY_INSERT}
+), recorded AS (
+    SELECT m.* FROM m WHERE m.id IN (SELECT connection_id FROM history)
+), moved AS (
+    UPDATE connections c SET {_MOVE_SET}
+    FROM recorded r WHERE c.id = r.id AND r.applied
+), company AS (
+    {_COMPANY_UPDATE.format(source='recorded')}
 ), jobs AS (
     INSERT INTO outbox (id, kind, dedupe_key, company_id, connection_id, payload, status,
         attempts, max_attempts, next_attempt_at, created_at, updated_at)
@@ -599,22 +607,8 @@ WITH m AS (
     RETURNING 1
 ), moved AS (
     -- A waiting UPDATE re-reads the row: a version changed meanwhile drops it from the count.
-    UPDATE connections c SET
-        status = COALESCE(m.status, c.status), deleted = m.deleted,
-        deleted_at = CASE WHEN m.deleted THEN COALESCE(c.deleted_at, $1) ELSE NULL END,
-        last_event_at = COALESCE(m.event_time, c.last_event_at),
-        last_event_id = COALESCE(m.event_id, c.last_event_id),
-        version = c.version + 1, updated_at = $1,
-        company_id = COALESCE(m.company_id, c.company_id),
-        platform_key = COALESCE(m.platform_key, c.platform_key),
-        platform_name = COALESCE(m.platform_name, c.platform_name),
-        source_type = COALESCE(m.source_type, c.source_type),
-        integration_id = COALESCE(m.integration_id, c.integration_id),
-        source_id = COALESCE(m.source_id, c.source_id),
-        link_url = COALESCE(m.link_url, c.link_url), created = COALESCE(m.created, c.created),
-        last_sync = COALESCE(m.last_sync, c.last_sync),
-        errors = COALESCE(m.errors::json, c.errors)
-    FROM m WHERE c.id = m.id AND m.applied AND c.version = m.expected
+    UPDATE connections c SET {_MOVE_SET}
+    FROM m r WHERE c.id = r.id AND r.applied AND c.version = r.expected
     RETURNING 1
 ), held AS (
     -- A move not applied writes no connection, but what it was decided from must still hold.
@@ -622,24 +616,9 @@ WITH m AS (
     WHERE NOT m.applied AND c.version = m.expected
     FOR UPDATE OF c
 ), history AS (
-    INSERT INTO connection_history (connection_id, company_id, from_state, to_state, result,
-        source, event_id, event_type, delivery_id, event_time, recorded_at, reason)
-    SELECT id, company_id, from_state, to_state, result, source, event_id, event_type,
-        delivery_id, event_time, $1, reason FROM m
-    ON CONFLICT (connection_id, event_id, event_type) DO NOTHING
-    RETURNING 1
+    {_HISTORY_INSERT}
 ), refreshed AS (
-    UPDATE companies co SET
-        bill_pay_ready = co.bill_pay_ready AND NOT {_UNREADY},
-        bill_pay_checked_at = CASE WHEN {_UNREADY} THEN $1 ELSE co.bill_pay_checked_at END,
-        name = CASE WHEN {_REFRESH} THEN COALESCE(r.name, co.name) ELSE co.name END,
-        description = CASE WHEN {_REFRESH} THEN COALESCE(r.description, co.description)
-            ELSE co.description END,
-        tags = CASE WHEN {_REFRESH} THEN COALESCE(r.tags::json, co.tags) ELSE co.tags END,
-        last_event_at = CASE WHEN {_REFRESH} THEN COALESCE(r.event_time, co.last_event_at)
-            ELSE co.last_event_at END,
-        updated_at = $1
-    FROM m r WHERE co.id = r.company_id AND ({_UNREADY} OR {_REFRESH})
+    {_COMPANY_UPDATE.format(source='m')}
 ), jobs AS (
     INSERT INTO outbox (id, kind, dedupe_key, company_id, connection_id, payload, status,
         attempts, max_attempts, next_attempt_at, created_at, updated_at)
