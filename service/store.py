@@ -355,6 +355,24 @@ _COMPANY_UPDATE = f"""
         updated_at = $1
     FROM {{source}} r WHERE co.id = r.company_id AND ({_UNREADY} OR {_REFRESH})"""
 
+def _jobs_insert(first: int) -> str:
+    """Enqueue the follow-ups of the moves the ``history`` CTE recorded, from the 8 arrays that
+    start at parameter ``first`` (the rows :func:`_job_rows` makes)."""
+    arrays = ", ".join(f"${first + i}::{t}[]" for i, t in enumerate(["text"] * 7 + ["int"]))
+    return f"""INSERT INTO outbox (id, kind, dedupe_key, company_id, connection_id, payload, status,
+        attempts, max_attempts, next_attempt_at, created_at, updated_at)
+    SELECT j.id, j.kind, j.dedupe_key, j.company_id, j.connection_id, j.payload::json,
+        'pending', 0, j.max_attempts, $1, $1, $1
+    FROM unnest({arrays})
+        AS j(owner, id, kind, dedupe_key, company_id, connection_id, payload, max_attempts)
+    WHERE j.owner IN (SELECT connection_id FROM history)
+    ON CONFLICT (dedupe_key) DO NOTHING"""
+
+
+def _job_rows(planned: PlannedMove, max_attempts: int) -> list[tuple[Any, ...]]:
+    return [(planned.snapshot.id, uuid.uuid4().hex, c.kind.value, c.dedupe_key, c.company_id,
+             c.connection_id, to_json(c.payload), max_attempts) for c in planned.move.commands]
+
 _PG_RECORD_MOVES = sql(f"""
 WITH m AS (
     SELECT * FROM unnest($2::text[], $3::text[], $4::boolean[], $5::timestamptz[], $6::text[],
@@ -376,15 +394,7 @@ WITH m AS (
 ), company AS (
     {_COMPANY_UPDATE.format(source='recorded')}
 ), jobs AS (
-    INSERT INTO outbox (id, kind, dedupe_key, company_id, connection_id, payload, status,
-        attempts, max_attempts, next_attempt_at, created_at, updated_at)
-    SELECT j.id, j.kind, j.dedupe_key, j.company_id, j.connection_id, j.payload::json,
-        'pending', 0, j.max_attempts, $1, $1, $1
-    FROM unnest($29::text[], $30::text[], $31::text[], $32::text[], $33::text[], $34::text[],
-        $35::text[], $36::int[])
-        AS j(owner, id, kind, dedupe_key, company_id, connection_id, payload, max_attempts)
-    WHERE j.owner IN (SELECT connection_id FROM history)
-    ON CONFLICT (dedupe_key) DO NOTHING
+    {_jobs_insert(29)}
 )
 SELECT connection_id FROM history""")
 
@@ -527,8 +537,7 @@ async def record_moves(tx: Tx, planned: Sequence[PlannedMove], *, now: datetime,
             *((None, None, None) if company is None
               else (company.name, company.description, to_json(company.tags))),
             p.unlinks))
-        jobs.extend((snapshot.id, uuid.uuid4().hex, c.kind.value, c.dedupe_key, c.company_id,
-                     c.connection_id, to_json(c.payload), max_attempts) for c in move.commands)
+        jobs.extend(_job_rows(p, max_attempts))
     recorded = {r["connection_id"] for r in await tx.fetch(
         _PG_RECORD_MOVES, now, *_columns(rows, 27), *_columns(jobs, 8))}
     return [p.snapshot.id in recorded for p in planned]
@@ -620,13 +629,7 @@ WITH m AS (
 ), refreshed AS (
     {_COMPANY_UPDATE.format(source='m')}
 ), jobs AS (
-    INSERT INTO outbox (id, kind, dedupe_key, company_id, connection_id, payload, status,
-        attempts, max_attempts, next_attempt_at, created_at, updated_at)
-    SELECT j.id, j.kind, j.dedupe_key, j.company_id, j.connection_id, j.payload::json,
-        'pending', 0, j.max_attempts, $1, $1, $1
-    FROM unnest($45::text[], $46::text[], $47::text[], $48::text[], $49::text[], $50::text[],
-        $51::int[]) AS j(id, kind, dedupe_key, company_id, connection_id, payload, max_attempts)
-    ON CONFLICT (dedupe_key) DO NOTHING
+    {_jobs_insert(45)}
 )
 SELECT CASE WHEN (SELECT count(*) FROM fresh) = $2
         AND (SELECT count(*) FROM born) + (SELECT count(*) FROM moved)
@@ -684,10 +687,9 @@ async def commit_connection_events(tx: Tx,
             snapshot.id, snapshot.company_id, version,
             None if deleted else move.to_state.value, deleted, move.applied, cause.event_time,
             cause.event_id, *p.details(), *p.history(), p.unlinks))
-        jobs.extend((uuid.uuid4().hex, c.kind.value, c.dedupe_key, c.company_id,
-                     c.connection_id, to_json(c.payload), max_attempts) for c in move.commands)
+        jobs.extend(_job_rows(p, max_attempts))
     await tx.fetchval(_PG_COMMIT_CONNECTION_EVENTS, now, len(rows), *_columns(rows, 42),
-                      *_columns(jobs, 7))
+                      *_columns(jobs, 8))
 
 
 # --- history and outbox ----------------------------------------------------------------------
