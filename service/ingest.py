@@ -39,8 +39,12 @@ from schemas.state import Source, State
 from schemas.webhook import UnsupportedEvent, UnusableDelivery, parse_event
 from service import store
 from service.db import SetWork, Tx, sql, utcnow
-from service.errors import Contended
+from service.errors import Contended, DatabaseUnavailable
+from service.known import KnownConnections
+from service.logs import get_logger
 from service.store import Cause, DeliveryFacts, NewDelivery, OpenEvent, PlannedMove
+
+log = get_logger("ingest")
 
 
 class Outcome(StrEnum):
@@ -132,6 +136,7 @@ class Ingest(SetWork[IngestResult]):
 
     delivery: NewDelivery
     examined: Examined
+    known: KnownConnections  # the receiver's; a batch decides from its first unit's
 
     async def __call__(self, tx: Tx) -> IngestResult:
         return await ingest(tx, self.delivery, self.examined)
@@ -142,17 +147,19 @@ class Ingest(SetWork[IngestResult]):
 
     @classmethod
     async def run_at_once(cls, tx: Tx, works: Sequence[Ingest]) -> list[IngestResult | None]:
-        return await ingest_at_once(tx, [(w.delivery, w.examined) for w in works])
+        return await ingest_at_once(tx, [(w.delivery, w.examined) for w in works],
+                                    works[0].known)
 
 
 async def ingest_at_once(tx: Tx, items: Sequence[tuple[NewDelivery, Examined]],
-                         ) -> list[IngestResult | None]:
+                         known: KnownConnections) -> list[IngestResult | None]:
     """Ingest what can be, OUTSIDE a transaction: on PostgreSQL, runs of new connection events
-    (see :func:`_runs`), each read without a lock and written in one statement that commits on
-    its own. A duplicate is answered from what the read found. None for every delivery left to
-    :func:`ingest_together` (another event, a conflict, a failure to process again, a race
-    lost, and every run after one of those, so that deliveries still apply in their order);
-    nothing was written for those."""
+    (see :func:`_runs`), each decided from what ``known`` guesses of its connections and written
+    in one statement that commits on its own; an event decided from a wrong guess is decided
+    again from what that statement found. A duplicate is answered from what it found too. None
+    for every delivery left to :func:`ingest_together` (another event, a conflict, a failure to
+    process again, a race lost, and every run after one of those, so that deliveries still
+    apply in their order); nothing was written for those."""
     results: list[IngestResult | None] = [None] * len(items)
     if tx.dialect != "postgresql":
         return results
@@ -160,11 +167,14 @@ async def ingest_at_once(tx: Tx, items: Sequence[tuple[NewDelivery, Examined]],
     for run in _runs(items):
         if not isinstance(run[0][1].event, ConnectionEvent):
             break
-        done = await _connection_events_at_once(tx, run)
+        done = await _connection_events_at_once(tx, run, known)
         results[start:start + len(run)] = done
         start += len(run)
         if None in done:  # what follows waits for it: deliveries are applied in their order
             break
+    for (_, examined), result in zip(items, results, strict=True):
+        if result is None and isinstance(examined.event, ConnectionEvent):
+            known.forget(examined.event.connection.id)  # the row locks will move it
     return results
 
 
@@ -206,31 +216,54 @@ def _runs(items: Sequence[tuple[NewDelivery, Examined]],
     return runs
 
 
+# A guess, then what the database said it was: a connection moved twice meanwhile waits for
+# its row lock instead.
+_TRIES = 2
+
+
 async def _connection_events_at_once(tx: Tx, run: Sequence[tuple[NewDelivery, Examined]],
-                                     ) -> list[IngestResult | None]:
+                                     known: KnownConnections) -> list[IngestResult | None]:
     now = utcnow()
     events = [OpenEvent(d, e.facts, cast(ConnectionEvent, e.event)) for d, e in run]
     results: list[IngestResult | None] = [None] * len(run)
-    todo: list[tuple[int, OpenEvent, PlannedMove, int | None]] = []
-    for index, (item, peeked) in enumerate(
-            zip(events, await store.peek_connection_events(tx, events), strict=True)):
-        stored = peeked.stored
-        if stored is None:
-            plan = _plan_connection_event(item.event, peeked.snapshot, item.delivery.message_id)
-            todo.append((index, item, plan, peeked.version))
-        elif stored["body_sha256"] == item.delivery.sha256 and stored["outcome"] != Outcome.FAILED:
-            results[index] = IngestResult(Disposition.DUPLICATE, Outcome(stored["outcome"]),
-                                          Applied())
-        # else: another body under this id, or a failure to process again: under row locks
-    if not todo:
-        return results
-    try:
-        await store.commit_connection_events(tx, [(i, p, v) for _, i, p, v in todo], now=now)
-    except Contended:  # a row changed since it was read: nothing written; under locks, then
-        return results
-    for index, item, plan, _ in todo:
-        applied = Applied([(plan.snapshot.id, plan.move)], len(plan.move.commands))
-        results[index] = IngestResult(Disposition.STORED, Outcome(item.facts.outcome), applied)
+    todo = list(range(len(run)))
+    for _ in range(_TRIES):
+        plans = []
+        for index in todo:
+            item = events[index]
+            snapshot, version = known.guess(item.event.connection.id, item.event.company.id)
+            plans.append((index, item, version, _plan_connection_event(
+                item.event, snapshot, item.delivery.message_id)))
+        try:
+            done = await store.commit_connection_events(
+                tx, [(item, plan, version) for _, item, version, plan in plans], now=now)
+        except DatabaseUnavailable:
+            raise
+        except Exception as exc:  # nothing of it written; what is left runs under row locks
+            if not isinstance(exc, Contended):  # a race lost is expected; anything else is not
+                log.warning("one-statement commit failed; its events go under row locks",
+                            exc_info=exc)
+            return results
+        todo = []
+        for (index, item, _, plan), found in zip(plans, done, strict=True):
+            known.note(found.snapshot, found.version)
+            if found.fresh:
+                applied = Applied()
+                if found.recorded:
+                    applied = Applied([(plan.snapshot.id, plan.move)], len(plan.move.commands))
+                results[index] = IngestResult(Disposition.STORED, Outcome(item.facts.outcome),
+                                              applied)
+            elif found.stored_outcome is not None:
+                if found.stored_sha256 == item.delivery.sha256 \
+                        and found.stored_outcome != Outcome.FAILED:
+                    results[index] = IngestResult(Disposition.DUPLICATE,
+                                                  Outcome(found.stored_outcome), Applied())
+                # else: another body under this id, or a failure to process again: under locks
+            elif not found.ok:
+                todo.append(index)  # decided from a stale guess: again, from what it is
+            # else: a copy of the message was stored meanwhile: under row locks
+        if not todo:
+            break
     return results
 
 

@@ -28,6 +28,7 @@ from service.ingest import (
     new_delivery,
     record_failure,
 )
+from service.known import KnownConnections
 from service.limits import check_declared_length, read_body
 from service.logs import get_logger
 from service.metrics import Metrics
@@ -56,6 +57,7 @@ class Receiver:
         self._metrics = metrics
         self._max_body = max_body_bytes
         self._retry_after = str(retry_after_seconds)
+        self._known = KnownConnections()
 
     async def __call__(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -87,7 +89,8 @@ class Receiver:
             # Deliveries about one connection share a commit partition (see service/db.py).
             affinity = (examined.facts.connection_id or examined.facts.company_id
                         or delivery.message_id)
-            result = await self._db.write(Ingest(delivery, examined), affinity=affinity)
+            result = await self._db.write(Ingest(delivery, examined, self._known),
+                                          affinity=affinity)
         except DatabaseUnavailable as exc:
             self._metrics.db_unavailable.inc()
             log.warning("database unavailable, asked Codat to retry", extra={"fields": {

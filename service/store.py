@@ -323,7 +323,7 @@ _HISTORY_INSERT = """
     INSERT INTO connection_history (connection_id, company_id, from_state, to_state, result,
         source, event_id, event_type, delivery_id, event_time, recorded_at, reason)
     SELECT id, company_id, from_state, to_state, result, source, event_id, event_type,
-        delivery_id, event_time, $1, reason FROM m
+        delivery_id, event_time, $1, reason FROM {source}
     ON CONFLICT (connection_id, event_id, event_type) DO NOTHING
     RETURNING connection_id"""
 _MOVE_SET = """
@@ -385,7 +385,7 @@ WITH m AS (
             errors, from_state, to_state, result, source, event_type, delivery_id, reason,
             applied, name, description, tags, unlinks)
 ), history AS (
-    {_HISTORY_INSERT}
+    {_HISTORY_INSERT.format(source='m')}
 ), recorded AS (
     SELECT m.* FROM m WHERE m.id IN (SELECT connection_id FROM history)
 ), moved AS (
@@ -544,136 +544,151 @@ async def record_moves(tx: Tx, planned: Sequence[PlannedMove], *, now: datetime,
 
 
 # --- the delivery path in one statement, on PostgreSQL ---------------------------------------
-# The fewest round trips of all: read the batch's rows without a lock (one statement), decide in
-# Python, then write everything in ONE statement that commits on its own, with no BEGIN and no
-# COMMIT to wait for. That statement checks what the decisions were made from: each connection
-# still has the version that was read (or still does not exist), each message id is still new,
-# each history row is still unrecorded. If anything changed in between, it calls
-# codat_hooks_lost_race() (migration 0005), which raises: the whole statement is undone and the
-# caller runs the batch again under row locks (open_connection_events, record_moves).
-
-_PG_PEEK_CONNECTION_EVENTS = sql("""
-SELECT s.body_sha256, s.outcome, c.id, c.company_id, c.status, c.deleted, c.last_event_at,
-    c.version
-FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS d(message_id, connection_id, ord)
-LEFT JOIN deliveries s ON s.message_id = d.message_id
-LEFT JOIN connections c ON c.id = d.connection_id
-ORDER BY d.ord""")
+# The fewest round trips of all: decide in Python from what this process last saw of each
+# connection (a guess: see service.known), then write everything in ONE statement that commits on
+# its own, with no read before it, no BEGIN and no COMMIT to wait for. The statement checks each
+# guess against what its snapshot holds (the message is new, the connection has the version
+# guessed, or still does not exist) and writes only the events that pass; for the others it
+# returns what it found, to decide again from. A row changed by another transaction after the
+# snapshot was taken makes it call codat_hooks_lost_race() (migration 0005), which raises: the
+# whole statement is undone and the caller runs the batch again under row locks
+# (open_connection_events, record_moves).
 
 _PG_COMMIT_CONNECTION_EVENTS = sql(f"""
 WITH m AS (
-    SELECT * FROM unnest($3::text[], $4::bigint[], $5::text[], $6::text[], $7::text[],
-        $8::text[], $9::bytea[], $10::text[], $11::text[], $12::text[], $13::timestamptz[],
-        $14::text[], $15::text[],
-        $16::text[], $17::text[], $18::text[], $19::text[],
-        $20::text[], $21::text[], $22::bigint[],
-        $23::text[], $24::boolean[], $25::boolean[], $26::timestamptz[], $27::text[],
-        $28::text[], $29::text[], $30::text[], $31::text[], $32::text[], $33::text[],
-        $34::timestamptz[], $35::timestamptz[], $36::text[],
-        $37::text[], $38::text[], $39::text[], $40::text[], $41::text[], $42::text[],
-        $43::text[], $44::boolean[])
-        AS m(message_id, msg_timestamp, d_event_id, d_event_type, d_company_id,
-            d_connection_id, body, body_sha256, headers, secret_id, received_at, outcome, error,
+    SELECT * FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[],
+        $7::text[], $8::bytea[], $9::text[], $10::text[], $11::text[], $12::timestamptz[],
+        $13::text[], $14::text[],
+        $15::text[], $16::text[], $17::text[], $18::text[],
+        $19::text[], $20::text[], $21::bigint[],
+        $22::text[], $23::boolean[], $24::boolean[], $25::timestamptz[], $26::text[],
+        $27::text[], $28::text[], $29::text[], $30::text[], $31::text[], $32::text[],
+        $33::timestamptz[], $34::timestamptz[], $35::text[],
+        $36::text[], $37::text[], $38::text[], $39::text[], $40::text[], $41::text[],
+        $42::text[], $43::boolean[])
+        WITH ORDINALITY AS m(message_id, msg_timestamp, d_event_id, d_event_type,
+            d_company_id, d_connection_id, body, body_sha256, headers, secret_id, received_at,
+            outcome, error,
             co_id, name, description, tags,
             id, company_id, expected,
             status, deleted, applied, event_time, event_id,
             platform_key, platform_name, source_type, integration_id, source_id, link_url,
             created, last_sync, errors,
             from_state, to_state, result, source, event_type, delivery_id, reason,
-            unlinks)
+            unlinks, ord)
+), found AS (
+    -- What the snapshot holds; an event is written only if it was decided from that.
+    SELECT m.ord, s.body_sha256 AS stored_sha256, s.outcome AS stored_outcome, c.id AS c_id,
+        c.company_id AS c_company_id, c.status AS c_status, c.deleted AS c_deleted,
+        c.last_event_at AS c_last_event_at, c.version AS c_version,
+        s.message_id IS NULL AND c.version IS NOT DISTINCT FROM m.expected AS ok
+    FROM m LEFT JOIN deliveries s ON s.message_id = m.message_id
+    LEFT JOIN connections c ON c.id = m.id
 ), fresh AS (
     INSERT INTO deliveries (message_id, msg_timestamp, event_id, event_type, company_id,
         connection_id, body, body_sha256, headers, secret_id, received_at, processed_at,
         outcome, error, attempts)
     SELECT message_id, msg_timestamp, d_event_id, d_event_type, d_company_id, d_connection_id,
         body, body_sha256, headers::json, secret_id, received_at, received_at, outcome, error, 1
-    FROM m
+    FROM m WHERE m.ord IN (SELECT ord FROM found WHERE ok)
     ON CONFLICT (message_id) DO NOTHING
-    RETURNING 1
+    RETURNING message_id
+), go AS (
+    -- Stored now: every other write follows from these (a copy stored meanwhile: none).
+    SELECT m.* FROM m WHERE m.message_id IN (SELECT message_id FROM fresh)
 ), company AS (
     -- DO NOTHING takes no lock on an existing company; "refreshed" below updates it.
     INSERT INTO companies (id, name, description, tags, deleted, bill_pay_ready, last_event_at,
         created_at, updated_at)
     SELECT co_id, name, description, tags::json, FALSE, FALSE, event_time, $1, $1
-    FROM m ORDER BY co_id
+    FROM go ORDER BY co_id
     ON CONFLICT (id) DO NOTHING
+), history AS (
+    {_HISTORY_INSERT.format(source='go')}
+), r AS (
+    SELECT go.* FROM go WHERE go.id IN (SELECT connection_id FROM history)
 ), born AS (
     -- A connection first heard of now: inserted as it ends up, unless another got there first.
     INSERT INTO connections (id, company_id, status, deleted, deleted_at, last_event_at,
         last_event_id, version, created_at, updated_at, platform_key, platform_name,
         source_type, integration_id, source_id, link_url, created, last_sync, errors)
-    SELECT id, company_id, CASE WHEN applied THEN status END, applied AND deleted,
-        CASE WHEN applied AND deleted THEN $1::timestamptz END,
-        CASE WHEN applied THEN event_time END, CASE WHEN applied THEN event_id END,
-        CASE WHEN applied THEN 1 ELSE 0 END, $1, $1,
-        CASE WHEN applied THEN platform_key END, CASE WHEN applied THEN platform_name END,
-        CASE WHEN applied THEN source_type END, CASE WHEN applied THEN integration_id END,
-        CASE WHEN applied THEN source_id END, CASE WHEN applied THEN link_url END,
-        CASE WHEN applied THEN created END, CASE WHEN applied THEN last_sync END,
-        CASE WHEN applied THEN errors::json END
-    FROM m WHERE expected IS NULL ORDER BY id
+    SELECT id, company_id, CASE WHEN moves THEN status END, moves AND deleted,
+        CASE WHEN moves AND deleted THEN $1::timestamptz END,
+        CASE WHEN moves THEN event_time END, CASE WHEN moves THEN event_id END,
+        CASE WHEN moves THEN 1 ELSE 0 END, $1, $1,
+        CASE WHEN moves THEN platform_key END, CASE WHEN moves THEN platform_name END,
+        CASE WHEN moves THEN source_type END, CASE WHEN moves THEN integration_id END,
+        CASE WHEN moves THEN source_id END, CASE WHEN moves THEN link_url END,
+        CASE WHEN moves THEN created END, CASE WHEN moves THEN last_sync END,
+        CASE WHEN moves THEN errors::json END
+    FROM (SELECT go.*, go.applied AND h.connection_id IS NOT NULL AS moves
+          FROM go LEFT JOIN history h ON h.connection_id = go.id
+          WHERE go.expected IS NULL) b
+    ORDER BY id
     ON CONFLICT (id) DO NOTHING
-    RETURNING 1
+    RETURNING id, company_id, status, deleted, last_event_at, version
 ), moved AS (
     -- A waiting UPDATE re-reads the row: a version changed meanwhile drops it from the count.
     UPDATE connections c SET {_MOVE_SET}
-    FROM m r WHERE c.id = r.id AND r.applied AND c.version = r.expected
-    RETURNING 1
+    FROM r WHERE c.id = r.id AND r.applied AND c.version = r.expected
+    RETURNING c.id, c.company_id, c.status, c.deleted, c.last_event_at, c.version
 ), held AS (
-    -- A move not applied writes no connection, but what it was decided from must still hold.
-    SELECT 1 FROM connections c JOIN m ON c.id = m.id
-    WHERE NOT m.applied AND c.version = m.expected
+    -- Not moved now, but what the history row says was decided from this version: keep it.
+    SELECT c.id, c.company_id, c.status, c.deleted, c.last_event_at, c.version
+    FROM connections c JOIN go ON c.id = go.id
+    WHERE go.expected IS NOT NULL AND c.version = go.expected
+        AND NOT (go.applied AND go.id IN (SELECT connection_id FROM history))
     FOR UPDATE OF c
-), history AS (
-    {_HISTORY_INSERT}
 ), refreshed AS (
-    {_COMPANY_UPDATE.format(source='m')}
+    {_COMPANY_UPDATE.format(source='r')}
 ), jobs AS (
-    {_jobs_insert(45)}
+    {_jobs_insert(44)}
+), written AS (
+    SELECT * FROM born UNION ALL SELECT * FROM moved UNION ALL SELECT * FROM held
+), held_up AS (
+    -- Each event stored now wrote or locked its connection: born, moved or held.
+    SELECT CASE WHEN (SELECT count(*) FROM written) = (SELECT count(*) FROM go) THEN TRUE
+        ELSE codat_hooks_lost_race('a row this batch was decided from changed meanwhile')
+        END AS ok
 )
-SELECT CASE WHEN (SELECT count(*) FROM fresh) = $2
-        AND (SELECT count(*) FROM born) + (SELECT count(*) FROM moved)
-            + (SELECT count(*) FROM held) = $2
-        AND (SELECT count(*) FROM history) = $2
-    THEN TRUE
-    ELSE codat_hooks_lost_race('a row this batch was decided from changed meanwhile') END""")
+SELECT f.ok, m.message_id IN (SELECT message_id FROM fresh) AS fresh,
+    m.id IN (SELECT connection_id FROM history) AS recorded, f.stored_sha256, f.stored_outcome,
+    COALESCE(w.id, f.c_id) AS id,
+    CASE WHEN w.id IS NULL THEN f.c_company_id ELSE w.company_id END AS company_id,
+    CASE WHEN w.id IS NULL THEN f.c_status ELSE w.status END AS status,
+    CASE WHEN w.id IS NULL THEN f.c_deleted ELSE w.deleted END AS deleted,
+    CASE WHEN w.id IS NULL THEN f.c_last_event_at ELSE w.last_event_at END AS last_event_at,
+    CASE WHEN w.id IS NULL THEN f.c_version ELSE w.version END AS version
+FROM m JOIN found f ON f.ord = m.ord LEFT JOIN written w ON w.id = m.id
+CROSS JOIN held_up
+WHERE held_up.ok
+ORDER BY m.ord""")
 
 
 @dataclass(frozen=True, slots=True)
-class Peeked:
-    """What a connection event's rows were just before its one-statement commit (no lock)."""
+class Committed:
+    """What the one-statement commit did with one connection event, and what it found."""
 
-    stored: Row | None  # the message's stored body_sha256 and outcome; None: a new message
-    snapshot: ConnectionSnapshot
-    version: int | None  # None: no such connection yet
-
-
-async def peek_connection_events(tx: Tx, items: Sequence[OpenEvent]) -> list[Peeked]:
-    """Read, without locking, what the events' messages and connections are (PostgreSQL)."""
-    rows = await tx.fetch(_PG_PEEK_CONNECTION_EVENTS,
-                          [i.delivery.message_id for i in items],
-                          [i.event.connection.id for i in items])
-    peeked = []
-    for item, row in zip(items, rows, strict=True):
-        stored = row if row["body_sha256"] is not None else None
-        if row["id"] is None:
-            snapshot = ConnectionSnapshot(item.event.connection.id, item.event.company.id,
-                                          exists=False, state=None, last_event_at=None)
-            peeked.append(Peeked(stored, snapshot, None))
-        else:
-            peeked.append(Peeked(stored, _snapshot(row), int(row["version"])))
-    return peeked
+    ok: bool  # decided from what the database holds: a new message, the connection as guessed
+    fresh: bool  # stored now, with its move unless ``recorded`` is False (an event seen before)
+    recorded: bool
+    stored_sha256: str | None  # the message was stored before: its body's hash and outcome
+    stored_outcome: str | None
+    snapshot: ConnectionSnapshot  # the connection as it now is (exists=False: no such row)
+    version: int | None  # None: no such connection
 
 
 async def commit_connection_events(tx: Tx,
                                    items: Sequence[tuple[OpenEvent, PlannedMove, int | None]],
                                    *, now: datetime,
-                                   max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
+                                   max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> list[Committed]:
     """Store new connection events with their decided moves in ONE statement that commits on
     its own (PostgreSQL, outside a transaction). ``items`` pair each event with the move decided
-    from :func:`peek_connection_events` and the version it read. Raises
-    :class:`~service.errors.Contended`, having written nothing, if any of that changed since.
-    No two items may share a message id, a connection or a company."""
+    from a guess of its connection and the version guessed (None: no such connection). Only
+    the events whose guess holds and whose message is new are written; the others come back
+    with what the statement found, and nothing written for them. Raises
+    :class:`~service.errors.Contended`, having written nothing at all, if a row changed while
+    the statement ran. No two items may share a message id, a connection or a company."""
     rows: list[tuple[Any, ...]] = []
     jobs: list[tuple[Any, ...]] = []
     for item, p, version in items:
@@ -688,8 +703,20 @@ async def commit_connection_events(tx: Tx,
             None if deleted else move.to_state.value, deleted, move.applied, cause.event_time,
             cause.event_id, *p.details(), *p.history(), p.unlinks))
         jobs.extend(_job_rows(p, max_attempts))
-    await tx.fetchval(_PG_COMMIT_CONNECTION_EVENTS, now, len(rows), *_columns(rows, 42),
-                      *_columns(jobs, 8))
+    found = await tx.fetch(_PG_COMMIT_CONNECTION_EVENTS, now, *_columns(rows, 42),
+                           *_columns(jobs, 8))
+    committed = []
+    for (item, _, _), row in zip(items, found, strict=True):
+        if row["id"] is None:
+            snapshot = ConnectionSnapshot(item.event.connection.id, item.event.company.id,
+                                          exists=False, state=None, last_event_at=None)
+        else:
+            snapshot = _snapshot(row)
+        committed.append(Committed(
+            row["ok"], row["fresh"], row["recorded"], row["stored_sha256"],
+            row["stored_outcome"], snapshot,
+            None if row["version"] is None else int(row["version"])))
+    return committed
 
 
 # --- history and outbox ----------------------------------------------------------------------

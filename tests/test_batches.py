@@ -7,12 +7,16 @@ import asyncio
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import asyncpg
 import pytest
 
+from schemas.commands import ConnectionSnapshot
+from schemas.events import ConnectionEvent
+from schemas.state import State
 from service import store
-from service.db import Database, as_dt, from_json, open_database, sql, utcnow
+from service.db import Database, Tx, _PgTx, as_dt, from_json, open_database, sql, utcnow
 from service.errors import Contended
 from service.ingest import (
     Examined,
@@ -22,9 +26,11 @@ from service.ingest import (
     _runs,
     examine,
     ingest,
+    ingest_at_once,
     ingest_together,
     new_delivery,
 )
+from service.known import KnownConnections
 from service.store import NewDelivery, OpenEvent
 from tests.conftest import Service, truncate_postgres
 from tests.factories import (
@@ -132,6 +138,19 @@ async def dump(db: Database) -> dict[str, list[tuple[Any, ...]]]:
     return tables
 
 
+def wrong_guesses(messages: Sequence[tuple[str, bytes]]) -> KnownConnections:
+    """A guess for every connection the messages name, each one wrong: another company, Linked,
+    at a version it never had, with an event far in the future (trusted, it would make every
+    event superseded)."""
+    known = KnownConnections()
+    for _, examined in items_of(messages):
+        if isinstance(examined.event, ConnectionEvent):
+            known.note(ConnectionSnapshot(examined.event.connection.id, "another-company",
+                                          exists=True, state=State.LINKED,
+                                          last_event_at=at(100_000)), 41)
+    return known
+
+
 async def run(url: str, messages: Sequence[tuple[str, bytes]], how: str,
               ) -> tuple[list[tuple[Any, ...]], dict[str, list[tuple[Any, ...]]]]:
     # One write partition: the batcher then commits in the order the writes were made.
@@ -142,11 +161,15 @@ async def run(url: str, messages: Sequence[tuple[str, bytes]], how: str,
         if how == "one by one":
             results = [await db.write(lambda tx, i=i: ingest(tx, *i))  # type: ignore[misc]
                        for i in items]
-        elif how == "batched":  # as the receiver does, 8 in flight: the batcher groups them
+        elif how.startswith("batched"):  # as the receiver does, 8 in flight: grouped
+            known = {"batched": KnownConnections(),
+                     "batched, forgetful": KnownConnections(size=1),
+                     "batched, from wrong guesses": wrong_guesses(messages)}[how]
             results = []
             for start in range(0, len(items), 8):
                 results += await asyncio.gather(*(
-                    db.write(Ingest(*i), affinity=i[1].facts.connection_id or i[0].message_id)
+                    db.write(Ingest(*i, known),
+                             affinity=i[1].facts.connection_id or i[0].message_id)
                     for i in items[start:start + 8]))
         else:  # under row locks, with set-based statements, 16 deliveries per transaction
             results = []
@@ -168,7 +191,8 @@ async def test_batched_ingest_equals_one_at_a_time(postgres_url: str, tmp_path: 
     lite.write_bytes(sqlite_template.read_bytes())
     reference = await run(f"sqlite:///{lite}", messages, "one by one")
 
-    for how in ("one by one", "batched", "under locks"):
+    for how in ("one by one", "batched", "batched, forgetful", "batched, from wrong guesses",
+                "under locks"):
         await asyncio.to_thread(truncate_postgres, postgres_url)
         results, tables = await run(postgres_url, messages, how)
         assert results == reference[0], how
@@ -194,11 +218,13 @@ def test_runs_never_name_a_message_connection_or_company_twice() -> None:
     assert runs == [["m1", "m2"], ["m3"], ["m4"], ["m5"], ["m5", "m6"]]
 
 
-# --- the one-statement commit loses a race: it writes nothing ---------------------------------
+# --- the one-statement commit: wrong guesses write nothing; a race lost undoes it all ---------
 
-async def _one(db: Database, body: bytes) -> IngestResult:
+async def _one(db: Database, body: bytes, known: KnownConnections | None = None,
+               ) -> IngestResult:
     [item] = items_of([(new_id(), body)])
-    return await db.write(Ingest(*item), affinity=item[1].facts.connection_id)
+    return await db.write(Ingest(*item, KnownConnections() if known is None else known),
+                          affinity=item[1].facts.connection_id)
 
 
 async def _counts(db: Database) -> dict[str, int]:
@@ -209,14 +235,53 @@ async def _counts(db: Database) -> dict[str, int]:
     return out
 
 
-async def _peek_then_commit(db: Database, items: list[Item],
-                            meanwhile: Any) -> None:
-    events = [OpenEvent(d, e.facts, e.event) for d, e in items]  # type: ignore[arg-type]
-    peeked = await db.read(lambda tx: store.peek_connection_events(tx, events))
-    await meanwhile()
-    decided = [(event, _plan_connection_event(event.event, p.snapshot, event.delivery.message_id),
-                p.version) for event, p in zip(events, peeked, strict=True)]
-    await db.read(lambda tx: store.commit_connection_events(tx, decided, now=utcnow()))
+def _decided(items: list[Item], known: KnownConnections,
+             ) -> list[tuple[OpenEvent, store.PlannedMove, int | None]]:
+    decided = []
+    for delivery, examined in items:
+        event = cast(ConnectionEvent, examined.event)
+        snapshot, version = known.guess(event.connection.id, event.company.id)
+        decided.append((OpenEvent(delivery, examined.facts, event),
+                        _plan_connection_event(event, snapshot, delivery.message_id), version))
+    return decided
+
+
+async def _commit(db: Database, items: list[Item], known: KnownConnections,
+                  ) -> list[store.Committed]:
+    decided = _decided(items, known)
+    return await db.read(lambda tx: store.commit_connection_events(tx, decided, now=utcnow()))
+
+
+class _Meanwhile:
+    """Another replica's transaction, left open while the one-statement commit runs into it."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+
+    async def __aenter__(self) -> _Meanwhile:
+        self._conn = await asyncpg.connect(self._url)
+        await self._conn.execute("BEGIN")
+        self.tx: Tx = _PgTx(self._conn)
+        return self
+
+    async def commit_once_waited_for(self, statement: asyncio.Task[Any]) -> None:
+        """COMMIT, as soon as ``statement`` waits for one of this transaction's row locks."""
+        watch = await asyncpg.connect(self._url)  # outside the transaction: fresh statistics
+        try:
+            for _ in range(500):
+                waiting = await watch.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock'")
+                if waiting or statement.done():
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            await watch.close()
+        assert waiting, "the statement never waited for the other transaction"
+        await self._conn.execute("COMMIT")
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._conn.close()
 
 
 @pytest.fixture
@@ -228,28 +293,56 @@ async def pg(postgres_url: str) -> Any:
     await db.close()
 
 
+def _created(company: str, connection: str, t: int = 0) -> bytes:
+    return connection_body("connection.created", company_id=company, connection_id=connection,
+                           status="PendingAuth", generated=at(t))
+
+
+def _connected(company: str, connection: str, t: int) -> bytes:
+    return connection_body("connection.connected", company_id=company,
+                           connection_id=connection, status="Linked", generated=at(t))
+
+
 @pytest.mark.postgres
-async def test_a_connection_moved_after_the_read_undoes_the_whole_statement(
+async def test_an_event_decided_from_a_wrong_guess_writes_nothing_and_gets_the_truth(
         pg: Database) -> None:
+    company, connection = new_id(), new_id()
+    await _one(pg, _created(company, connection))  # another replica: this one did not see it
+    before = await _counts(pg)
+    known = KnownConnections()  # guesses "no such connection"
+    items = items_of([(new_id(), _connected(company, connection, 5))])
+
+    [found] = await _commit(pg, items, known)
+
+    assert (found.ok, found.fresh, found.recorded, found.stored_outcome) == (False, False, False,
+                                                                         None)
+    assert (found.snapshot.state, found.version) == (State.PENDING_AUTH, 1)
+    assert await _counts(pg) == before
+    # The receiver's path decides again from that, and the event applies.
+    [result] = await pg.write(lambda tx: ingest_at_once(tx, items, known))
+    assert result is not None
+    assert [(m.from_state, m.to_state, m.result) for _, m in result.applied.moves] == [
+        (State.PENDING_AUTH, State.LINKED, "applied")]
+    assert known.guess(connection, company)[1] == 2
+
+
+@pytest.mark.postgres
+async def test_a_connection_moved_while_the_statement_ran_undoes_all_of_it(
+        pg: Database, postgres_url: str) -> None:
     company, connection, bystander = new_id(), new_id(), new_id()
-    await _one(pg, connection_body("connection.created", company_id=company,
-                                   connection_id=connection, status="PendingAuth",
-                                   generated=at(0)))
-    items = items_of([
-        (new_id(), connection_body("connection.connected", company_id=company,
-                                   connection_id=connection, status="Linked", generated=at(5))),
-        (new_id(), connection_body("connection.created", company_id=new_id(),
-                                   connection_id=bystander, status="PendingAuth",
-                                   generated=at(0)))])
+    known = KnownConnections()
+    await _one(pg, _created(company, connection), known)
+    items = items_of([(new_id(), _connected(company, connection, 5)),
+                      (new_id(), _created(new_id(), bystander))])
     before = await _counts(pg)
 
-    async def another_replica_moves_it() -> None:
-        result = await _one(pg, connection_body("connection.connected", company_id=company,
-                                                connection_id=connection, status="Linked",
-                                                generated=at(9)))
-        assert [m.result for _, m in result.applied.moves] == ["applied"]
-    with pytest.raises(Contended, match="changed meanwhile"):
-        await _peek_then_commit(pg, items, another_replica_moves_it)
+    async with _Meanwhile(postgres_url) as other:  # moves it, at a later event
+        [other_item] = items_of([(new_id(), _connected(company, connection, 9))])
+        assert (await ingest_together(other.tx, [other_item]))[0].applied.moves
+        statement = asyncio.create_task(_commit(pg, items, known))
+        await other.commit_once_waited_for(statement)
+        with pytest.raises(Contended, match="changed meanwhile"):
+            await statement
 
     after = await _counts(pg)  # only what the other replica wrote: its delivery, move and job
     assert after == {**before, "deliveries": before["deliveries"] + 1,
@@ -262,35 +355,45 @@ async def test_a_connection_moved_after_the_read_undoes_the_whole_statement(
 
 
 @pytest.mark.postgres
-async def test_a_message_stored_after_the_read_undoes_the_statement(pg: Database) -> None:
+async def test_a_copy_stored_while_the_statement_ran_is_left_to_the_row_locks(
+        pg: Database, postgres_url: str) -> None:
     company, connection = new_id(), new_id()
-    body = connection_body("connection.created", company_id=company, connection_id=connection,
-                           status="PendingAuth", generated=at(0))
-    items = items_of([(new_id(), body)])
+    items = items_of([(new_id(), _created(company, connection)),
+                      (new_id(), _created(new_id(), new_id()))])
 
-    async def a_copy_lands_first() -> None:
-        assert (await pg.write(Ingest(*items[0]), affinity=connection)).disposition == "stored"
-    with pytest.raises(Contended):
-        await _peek_then_commit(pg, items, a_copy_lands_first)
-    assert await _counts(pg) == {"deliveries": 1, "connection_history": 1, "connections": 1,
+    async with _Meanwhile(postgres_url) as other:  # a copy of the first, ingested under locks
+        assert (await ingest_together(other.tx, items[:1]))[0].disposition == "stored"
+        statement = asyncio.create_task(_commit(pg, items, KnownConnections()))
+        await other.commit_once_waited_for(statement)
+        copy, bystander = await statement
+
+    assert (copy.ok, copy.fresh, copy.recorded, copy.stored_outcome) == (True, False, False, None)
+    assert (bystander.fresh, bystander.recorded) == (True, True)
+    assert await _counts(pg) == {"deliveries": 2, "connection_history": 2, "connections": 2,
                                  "outbox": 0}
+    # Under row locks, the copy is what it is: a duplicate.
+    [again] = await pg.write(lambda tx: ingest_together(tx, items[:1]))
+    assert again.disposition == "duplicate"
 
 
 @pytest.mark.postgres
-async def test_a_connection_born_after_the_read_undoes_the_statement(pg: Database) -> None:
+async def test_a_connection_born_while_the_statement_ran_undoes_it(
+        pg: Database, postgres_url: str) -> None:
     company, connection = new_id(), new_id()
-    items = items_of([(new_id(), connection_body(
-        "connection.created", company_id=company, connection_id=connection,
-        status="PendingAuth", generated=at(0)))])
+    items = items_of([(new_id(), _created(company, connection))])
 
-    async def another_event_creates_it() -> None:
-        await _one(pg, connection_body("connection.connected", company_id=company,
-                                       connection_id=connection, status="Linked",
-                                       generated=at(3)))
-    with pytest.raises(Contended):
-        await _peek_then_commit(pg, items, another_event_creates_it)
+    async with _Meanwhile(postgres_url) as other:  # another event creates it, Linked
+        [linked] = items_of([(new_id(), _connected(company, connection, 3))])
+        await ingest_together(other.tx, [linked])
+        statement = asyncio.create_task(_commit(pg, items, KnownConnections()))
+        await other.commit_once_waited_for(statement)
+        with pytest.raises(Contended):
+            await statement
+
     rows = await pg.read(lambda tx: tx.fetch(sql("SELECT status, version FROM connections")))
     assert [(r["status"], r["version"]) for r in rows] == [("Linked", 1)]
+    assert await _counts(pg) == {"deliveries": 1, "connection_history": 1, "connections": 1,
+                                 "outbox": 2}  # its follow-ups: confirm, reconcile
 
 
 # --- both reasons to touch a company in one delivery ----------------------------------------
