@@ -24,5 +24,11 @@ async def test_the_demo_runs_the_seed_flow_end_to_end(database_url: str) -> None
     assert re.search(r"billPayReady\s+True", out)
     assert re.search(r"status\s+Unlinked", out)
     assert "webhook applied        PendingAuth -> Linked  (connection.connected)" in out
-    assert "api applied            Linked -> Unlinked  (api.unlink)" in out
+    # Codat's connection.disconnected webhook and the API's own record of the unlink race (the
+    # sandbox sends the webhook while the API call is still answering): either moves the
+    # connection Linked -> Unlinked, and the other finds it Unlinked already.
+    unlinked_by = re.findall(r"(api|webhook) applied +Linked -> Unlinked +\((\S+)\)", out)
+    assert unlinked_by in ([("api", "api.unlink")], [("webhook", "connection.disconnected")]), out
+    assert re.search(r"api applied +\S+ -> Unlinked +\(api\.unlink\)", out)
+    assert re.search(r"webhook \S+ +\S+ -> Unlinked +\(connection\.disconnected\)", out)
     assert re.search(r"Done: company \S+ was onboarded \(qhyg\)", out)
