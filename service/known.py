@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from schemas.commands import ConnectionSnapshot
 
-# Entries kept (about 200 bytes each). A connection's events come close together while it is
-# being linked, so recent ones are what matters; the oldest are dropped first.
+# Entries kept: about 400 bytes each with their ids, so at most ~20 MB. A connection's events come
+# close together while it is being linked, so recent ones are what matters; the oldest go first.
 DEFAULT_SIZE = 50_000
 
 
