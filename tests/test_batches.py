@@ -396,6 +396,27 @@ async def test_a_connection_born_while_the_statement_ran_undoes_it(
                                  "outbox": 2}  # its follow-ups: confirm, reconcile
 
 
+@pytest.mark.postgres
+async def test_an_event_postgresql_cannot_store_fails_alone_and_its_batch_mates_are_stored(
+        pg: Database, caplog: pytest.LogCaptureFixture) -> None:
+    # PostgreSQL text cannot hold NUL: the one statement fails for the whole batch, which then
+    # runs under row locks one delivery at a time, where only the bad one fails.
+    bad = _created(new_id(), new_id()).replace(b'"Toft stores"', b'"Toft\\u0000stores"')
+    assert b"\\u0000" in bad
+    items = items_of([(new_id(), bad), (new_id(), _created(new_id(), new_id()))])
+    known = KnownConnections()
+
+    failed, stored = await asyncio.gather(
+        *(pg.write(Ingest(*i, known), affinity=i[1].facts.connection_id) for i in items),
+        return_exceptions=True)
+
+    assert isinstance(failed, asyncpg.PostgresError)
+    assert isinstance(stored, IngestResult) and stored.disposition == "stored"
+    assert "one-statement commit failed" in caplog.text
+    assert await _counts(pg) == {"deliveries": 1, "connection_history": 1, "connections": 1,
+                                 "outbox": 0}
+
+
 # --- both reasons to touch a company in one delivery ----------------------------------------
 
 async def test_an_unlink_that_renames_the_company_does_both(service: Service) -> None:
