@@ -42,8 +42,10 @@ import asyncpg
 import orjson
 
 from service.errors import Contended, DatabaseUnavailable
+from service.logs import get_logger
 
 T = TypeVar("T")
+log = get_logger("db")
 Row = Mapping[str, Any]
 
 
@@ -564,7 +566,10 @@ class PostgresDatabase(Database):
                                    pool=self._batch_pool)
         except DatabaseUnavailable:
             raise
-        except Exception:  # lost a race, or failed: nothing was written; under locks, then
+        except Exception as exc:  # nothing of it written: the batch runs under row locks
+            if not isinstance(exc, Contended):  # a race lost is expected; anything else is not
+                log.warning("one-statement commit failed; the batch runs under row locks",
+                            exc_info=exc)
             return batch
         rest = []
         for pending, result in zip(batch, done, strict=True):

@@ -39,12 +39,9 @@ from schemas.state import Source, State
 from schemas.webhook import UnsupportedEvent, UnusableDelivery, parse_event
 from service import store
 from service.db import SetWork, Tx, sql, utcnow
-from service.errors import Contended, DatabaseUnavailable
+from service.errors import Contended
 from service.known import KnownConnections
-from service.logs import get_logger
 from service.store import Cause, DeliveryFacts, NewDelivery, OpenEvent, PlannedMove
-
-log = get_logger("ingest")
 
 
 class Outcome(StrEnum):
@@ -237,12 +234,7 @@ async def _connection_events_at_once(tx: Tx, run: Sequence[tuple[NewDelivery, Ex
         try:
             done = await store.commit_connection_events(
                 tx, [(item, plan, version) for _, item, version, plan in plans], now=now)
-        except DatabaseUnavailable:
-            raise
-        except Exception as exc:  # nothing of it written; what is left runs under row locks
-            if not isinstance(exc, Contended):  # a race lost is expected; anything else is not
-                log.warning("one-statement commit failed; its events go under row locks",
-                            exc_info=exc)
+        except Contended:  # a row changed while it ran: nothing written; under locks, then
             return results
         todo = []
         for (index, item, _, plan), found in zip(plans, done, strict=True):
