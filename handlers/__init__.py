@@ -1,9 +1,9 @@
-"""Pure decisions: (event, stored snapshot) -> what to change and what to do next.
+"""Pure decisions: (stored state, word) -> verdict and follow-up commands; readiness.
 
 Nothing here touches the network, the database, the clock or settings.
 """
 
-from handlers.connections import decide_connection_event, decide_move
+from handlers.connections import decide, verdict, word_of_event
 from handlers.readiness import assess_readiness
 
-__all__ = ["assess_readiness", "decide_connection_event", "decide_move"]
+__all__ = ["assess_readiness", "decide", "verdict", "word_of_event"]

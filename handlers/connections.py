@@ -1,70 +1,80 @@
-"""Connection lifecycle events -> moves through the state table, and their follow-ups."""
+"""Words about a connection -> verdicts: Codat's newest word wins, the table classifies it."""
 
 from __future__ import annotations
 
-from datetime import datetime
-
-from schemas.commands import Command, ConnectionSnapshot, JobKind, Move
+from schemas.commands import Cause, Command, JobKind, Stored, Verdict, Word
 from schemas.events import ConnectionEvent, ConnectionEventKind
-from schemas.state import IllegalTransition, MoveResult, Source, State, transition
+from schemas.order import instant_in, later_in_time, order_key
+from schemas.state import MoveResult, Source, State, skips_states
 
 
-def decide_move(
-    snapshot: ConnectionSnapshot,
-    target: State,
-    *,
-    source: Source,
-    event_time: datetime | None,
-    cause: str,
-) -> Move:
-    """Decide one move of ``snapshot`` towards ``target``.
+def word_of_event(event: ConnectionEvent, *, delivery_id: str | None,
+                  evidence: str | None) -> Word:
+    """What a connection webhook says. ``evidence`` is the instant that orders it: its
+    ``generatedDate``, or for a legacy body (which has none) the creation time inside its svix
+    message id, None when that does not parse."""
+    meta = event.meta
+    state = (State.DELETED if event.kind is ConnectionEventKind.DELETED
+             else State(event.connection.status.value))
+    instant = meta.generated if meta.generated is not None else evidence
+    key = None if instant is None else order_key(state, instant, meta.event_id)
+    cause = Cause(meta.event_id, meta.event_type, delivery_id, meta.generated_at)
+    return Word(event.connection.id, event.company.id, state, key, Source.WEBHOOK, cause,
+                event.connection, event.company, event.previous_status)
 
-    An event older than the last one applied is superseded: late and replayed events never move
-    a connection backwards. A move the table does not allow is rejected, and a reconcile is
-    queued so that Codat, the source of truth, settles it. ``cause`` names what asked for the
-    move (an event id, a job id) and keeps the follow-ups it queues unique.
+
+def decide(stored: Stored, word: Word) -> Verdict:
+    """What ``word`` does to a connection stored as ``stored``.
+
+    The newest word (by order key) is applied, whatever the move: Codat said it. A move that
+    skips states (or a legacy word whose oldStatus is not the state it moves from) means words
+    were missed, so a reconcile asks Codat to confirm. A word that is not the newest changes
+    nothing: *superseded* when it is simply older; *rejected* when it is newer in time but can
+    never be applied (back to PendingAuth, out of Deleted; most likely Codat's clocks disagree),
+    and then Codat is asked too. A legacy word with no order evidence is never applied either.
+    The verdict depends only on ``stored`` and ``word``, so the state a set of words leaves is the
+    same whatever order they come in.
     """
-    current = snapshot.state
-    if (event_time is not None and snapshot.last_event_at is not None
-            and event_time < snapshot.last_event_at):
-        return Move(MoveResult.SUPERSEDED, source, current, target,
-                    reason=f"older than the last event applied ({snapshot.last_event_at})")
-    try:
-        transition(current, target, source=source)
-    except IllegalTransition as exc:
-        # A rejected reconcile asks nothing more: asking Codat again would get the same answer,
-        # and would ask again, for ever (e.g. Codat still lists a connection we saw deleted).
-        follow_up = () if source is Source.RECONCILE else (_reconcile(snapshot, cause),)
-        return Move(MoveResult.REJECTED, source, current, target, follow_up, reason=str(exc))
+    current, target = stored.state, word.state
+    if word.key is None:
+        return verdict(word, MoveResult.REJECTED, current,
+                       reason="no order evidence: a legacy event whose message id carries no "
+                              "usable time")
+    if stored.key is None or word.key > stored.key:
+        skipped = skips_states(current, target)
+        inconsistent = (word.previous is not None and current is not None
+                        and State(word.previous.value) is not current)
+        reason = None
+        if skipped:
+            reason = f"skipped states: {current or 'nothing heard'} -> {target}"
+        elif inconsistent:
+            reason = f"legacy oldStatus is {word.previous}, but the connection was {current}"
+        return verdict(word, MoveResult.APPLIED, current, skipped=skipped or inconsistent,
+                       reason=reason)
+    assert stored.key is not None
+    if later_in_time(word.key, stored.key):
+        return verdict(word, MoveResult.REJECTED, current,
+                       reason=f"{current} never becomes {target} (its newest word is of "
+                              f"{instant_in(stored.key)})")
+    return verdict(word, MoveResult.SUPERSEDED, current,
+                   reason=f"older than the newest word ({instant_in(stored.key)})")
+
+
+def verdict(word: Word, result: MoveResult, from_state: State | None, *, skipped: bool = False,
+            reason: str | None = None) -> Verdict:
+    """The verdict on ``word`` with its follow-ups: becoming Linked confirms the connection; a
+    skip or a rejection asks Codat (a reconcile), unless the word is Codat's answer already (an
+    onboarding call, a reconcile)."""
     commands: list[Command] = []
-    if target is State.LINKED and current is not State.LINKED:
-        commands.append(Command(JobKind.CONFIRM_CONNECTION, f"confirm:{snapshot.id}:{cause}",
-                                snapshot.company_id, snapshot.id))
-    return Move(MoveResult.APPLIED, source, current, target, tuple(commands))
+    if result is MoveResult.APPLIED and word.state is State.LINKED \
+            and from_state is not State.LINKED:
+        commands.append(_command(JobKind.CONFIRM_CONNECTION, "confirm", word))
+    if (skipped or result is MoveResult.REJECTED) and word.source is Source.WEBHOOK:
+        commands.append(_command(JobKind.RECONCILE_CONNECTION, "reconcile", word))
+    return Verdict(result, word.source, from_state, word.state, skipped, tuple(commands),
+                   "; ".join(r for r in (word.cause.reason, reason) if r) or None)
 
 
-def decide_connection_event(event: ConnectionEvent, snapshot: ConnectionSnapshot) -> Move:
-    """Decide what a connection webhook does to the connection it names."""
-    target = (State.DELETED if event.kind is ConnectionEventKind.DELETED
-              else State(event.connection.status.value))
-    cause = event.meta.event_id
-    if event.legacy and snapshot.state is not None and event.previous_status is not None \
-            and State(event.previous_status.value) != snapshot.state and target != snapshot.state:
-        # A legacy body has no event time; its oldStatus is the only guard against a late one.
-        return Move(MoveResult.REJECTED, Source.WEBHOOK, snapshot.state, target,
-                    (_reconcile(snapshot, cause),),
-                    reason=f"legacy event moves from {event.previous_status}, "
-                           f"but the connection is {snapshot.state}")
-    move = decide_move(snapshot, target, source=Source.WEBHOOK,
-                       event_time=event.meta.generated_at, cause=cause)
-    if move.applied and not snapshot.exists and event.kind not in (
-            ConnectionEventKind.CREATED, ConnectionEventKind.DELETED):
-        # First we hear of it, mid-life: ask Codat for the whole connection.
-        return Move(move.result, move.source, move.from_state, move.to_state,
-                    (*move.commands, _reconcile(snapshot, cause)), move.reason)
-    return move
-
-
-def _reconcile(snapshot: ConnectionSnapshot, cause: str) -> Command:
-    return Command(JobKind.RECONCILE_CONNECTION, f"reconcile:{snapshot.id}:{cause}",
-                   snapshot.company_id, snapshot.id)
+def _command(kind: JobKind, name: str, word: Word) -> Command:
+    return Command(kind, f"{name}:{word.connection_id}:{word.cause.id}", word.company_id,
+                   word.connection_id)

@@ -1,4 +1,5 @@
-"""Decisions the handlers make, and the follow-up commands they ask the outbox to run."""
+"""What one source says of a connection (a word), what was made of it (a verdict), and the
+follow-up commands it asks the outbox to run."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from schemas.state import MoveResult, Source, State
+from schemas.events import CompanyInfo, ConnectionInfo
+from schemas.state import ConnectionStatus, MoveResult, Source, State
 
 
 class JobKind(StrEnum):
@@ -30,27 +32,72 @@ class Command:
 
 
 @dataclass(frozen=True, slots=True)
-class ConnectionSnapshot:
-    """The stored state of a connection, as the handlers see it."""
+class Cause:
+    """What said a word, for its history row. ``id`` names it (an event id, ``job:<id>``,
+    ``api:...``): one history row per (connection, id, type), and its follow-ups' dedupe keys."""
 
     id: str
-    company_id: str
-    exists: bool  # False when this event is the first we hear of the connection
-    state: State | None
-    last_event_at: datetime | None
+    type: str
+    delivery_id: str | None = None
+    time: datetime | None = None  # the word's instant, to the microsecond (for display)
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class Move:
-    """What one event (or API call, or reconcile) does to one connection."""
+class Word:
+    """What one source says a connection's state was at one instant.
+
+    ``key`` orders it among every other word about the connection (:mod:`schemas.order`); None
+    when nothing orders it (a legacy event whose message id carries no usable time).
+    """
+
+    connection_id: str
+    company_id: str
+    state: State
+    key: str | None
+    source: Source
+    cause: Cause
+    info: ConnectionInfo | None = None  # what it says of the connection besides its state
+    company: CompanyInfo | None = None  # what it says of the company
+    # A legacy body's oldStatus: the status it says the connection moved from.
+    previous: ConnectionStatus | None = None
+
+    @property
+    def errors(self) -> list[dict[str, Any]] | None:
+        """The connection's errors to store: a word that reports none clears the old ones."""
+        if self.info is not None and self.info.errors is not None:
+            return self.info.errors
+        return None if self.state is State.DELETED else []
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A connection as stored: its state and the key of the newest word applied to it."""
+
+    state: State | None
+    key: str | None
+
+
+NOTHING_HEARD = Stored(None, None)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What became of one word."""
 
     result: MoveResult
     source: Source
-    from_state: State | None
-    to_state: State  # the state asked for; the connection's new state only when applied
+    from_state: State | None  # the state the connection was in when the word arrived
+    to_state: State  # the state the word asked for; the connection's now only when applied
+    skipped: bool = False  # applied, but not one step of Codat's lifecycle: Codat is asked
     commands: tuple[Command, ...] = ()
     reason: str | None = None
 
     @property
     def applied(self) -> bool:
         return self.result is MoveResult.APPLIED
+
+    @property
+    def changed(self) -> bool:
+        """The connection's state is not what it was."""
+        return self.applied and self.from_state is not self.to_state

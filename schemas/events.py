@@ -34,8 +34,10 @@ class CompanyEventKind(StrEnum):
 class EventMeta:
     event_id: str
     event_type: str
-    # Codat's generatedDate; None for legacy bodies, which carry no event time.
+    # Codat's generatedDate, to the microsecond; None for legacy bodies, which carry no time.
     generated_at: datetime | None
+    # The same at full precision (7 fractional digits), as sortable UTC text (schemas.order).
+    generated: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

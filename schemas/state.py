@@ -1,8 +1,13 @@
-"""The connection state machine: statuses, the allowed moves, and the function that applies them.
+"""A connection's states, and the table that classifies its moves.
 
 A connection's *state* is its Codat status, or ``Deleted`` once Codat deleted it (deletion is
-terminal: Codat says it is irreversible). ``None`` is the state of a connection we have never
-seen, from which any move is allowed because Codat is the source of truth.
+terminal: Codat says it is irreversible). ``None`` is the state of a connection we have heard
+nothing of.
+
+The table does not decide whether a move happens: Codat's newest word always does (see
+:mod:`schemas.order` and :func:`handlers.decide`). It says whether a move is one Codat's lifecycle
+makes in one step (*expected*) or one that skips states, which means we missed events: the move
+is applied all the same, and Codat is asked to confirm it.
 """
 
 from __future__ import annotations
@@ -37,52 +42,40 @@ class State(StrEnum):
 
 
 class Source(StrEnum):
-    """Where a move came from, as recorded in the history."""
+    """Where a word about a connection came from, as recorded in the history."""
 
     WEBHOOK = "webhook"
-    API = "api"
-    RECONCILE = "reconcile"
+    API = "api"  # Codat's answer to an onboarding call
+    RECONCILE = "reconcile"  # Codat's answer to a follow-up job asking for the connection
 
 
 class MoveResult(StrEnum):
-    """What happened to an event, as recorded in the history."""
+    """What happened to a word, as recorded in the history."""
 
-    APPLIED = "applied"  # the connection moved (or stayed, for a same-state event)
-    SUPERSEDED = "superseded"  # older than the last event applied: ignored, never moves backwards
-    REJECTED = "rejected"  # a move the table does not allow: ignored, and a reconcile is queued
+    APPLIED = "applied"  # the newest word: the connection is in its state now
+    SUPERSEDED = "superseded"  # older than the newest word seen: changes nothing
+    # Never applied, whatever its time: a PendingAuth word after anything else was heard, any
+    # word after Deleted, a legacy word with nothing to order it by. Codat is asked.
+    REJECTED = "rejected"
 
 
-# The allowed moves. Same-state moves are allowed: a repeated event (connection.failed while
-# PendingAuth, connection.reconnected after connection.connected) changes nothing but its time.
-ALLOWED_MOVES: dict[State | None, frozenset[State]] = {
-    None: frozenset(State),
-    State.PENDING_AUTH: frozenset({State.PENDING_AUTH, State.LINKED, State.DELETED}),
-    State.LINKED: frozenset({State.LINKED, State.UNLINKED, State.DEAUTHORIZED, State.DELETED}),
-    State.UNLINKED: frozenset({State.UNLINKED, State.LINKED, State.DELETED}),
-    State.DEAUTHORIZED: frozenset({State.DEAUTHORIZED, State.LINKED, State.DELETED}),
-    State.DELETED: frozenset({State.DELETED}),
+P, L, U, D, X = (State.PENDING_AUTH, State.LINKED, State.UNLINKED, State.DEAUTHORIZED,
+                 State.DELETED)
+
+# The moves Codat's lifecycle makes in one step (contract section 6.4). Same-state moves are
+# expected: connection.failed while PendingAuth, a repeated reconnected. A connection first heard
+# of through anything but its creation (or its deletion, after which there is nothing to ask)
+# skipped its start.
+EXPECTED_MOVES: dict[State | None, frozenset[State]] = {
+    None: frozenset({P, X}),
+    P: frozenset({P, L, X}),
+    L: frozenset({L, U, D, X}),
+    U: frozenset({U, L, X}),
+    D: frozenset({D, L, X}),
+    X: frozenset({X}),
 }
 
-# A reconcile applies what Codat says now: Codat is the source of truth, so any move is allowed
-# except out of Deleted (Codat answers 404 for a deleted connection, it never comes back).
-AUTHORITATIVE_MOVES: dict[State | None, frozenset[State]] = {
-    state: (frozenset({State.DELETED}) if state is State.DELETED else frozenset(State))
-    for state in [None, *State]
-}
 
-
-class IllegalTransition(Exception):
-    """A move the state table does not allow."""
-
-    def __init__(self, current: State | None, target: State) -> None:
-        super().__init__(f"a connection cannot move from {current or 'unknown'} to {target}")
-        self.current = current
-        self.target = target
-
-
-def transition(current: State | None, target: State, *, source: Source = Source.WEBHOOK) -> State:
-    """Return ``target`` if the move from ``current`` is allowed for ``source``, else raise."""
-    table = AUTHORITATIVE_MOVES if source is Source.RECONCILE else ALLOWED_MOVES
-    if target not in table[current]:
-        raise IllegalTransition(current, target)
-    return target
+def skips_states(current: State | None, target: State) -> bool:
+    """True when a move from ``current`` to ``target`` is not one step of Codat's lifecycle."""
+    return target not in EXPECTED_MOVES[current]

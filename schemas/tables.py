@@ -14,6 +14,8 @@ import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
 _TS = sa.DateTime(timezone=True)
+# Order keys (schemas.order) compare byte for byte: SQLite's default, PostgreSQL's "C" collation.
+_KEY = sa.Text().with_variant(sa.Text(collation="C"), "postgresql")
 
 
 def _ts(*, nullable: bool = True, index: bool = False) -> Any:
@@ -22,6 +24,10 @@ def _ts(*, nullable: bool = True, index: bool = False) -> Any:
 
 def _json() -> Any:
     return Field(default=None, sa_type=sa.JSON, nullable=True)
+
+
+def _key() -> Any:
+    return Field(default=None, sa_type=_KEY, nullable=True)
 
 
 class Company(SQLModel, table=True):
@@ -36,6 +42,12 @@ class Company(SQLModel, table=True):
     created: datetime | None = _ts()
     deleted: bool = Field(default=False)
     deleted_at: datetime | None = _ts()
+    # The order key of company.deleted: it deletes every connection of the company, including
+    # one whose events arrive after it.
+    deleted_key: str | None = _key()
+    # How many of its connections are Linked, kept with every move: the company is ready for Bill
+    # Pay only while this is above 0, whatever commits meanwhile (a row lock orders the updates).
+    linked_count: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     bill_pay_ready: bool = Field(default=False)
     bill_pay_checked_at: datetime | None = _ts()
     bill_pay_detail: dict[str, Any] | None = _json()
@@ -67,9 +79,12 @@ class Connection(SQLModel, table=True):
     last_sync: datetime | None = _ts()
     deleted: bool = Field(default=False)
     deleted_at: datetime | None = _ts()
-    # generatedDate of the newest event applied: an older event never moves the connection.
+    # The newest word applied (schemas.order): its key, its instant and the event it came with.
+    event_key: str | None = _key()
     last_event_at: datetime | None = _ts()
     last_event_id: str | None = None
+    # The state before the newest word moved it (None: nothing heard before it).
+    previous_state: str | None = None
     version: int = Field(default=0)
     created_at: datetime = _ts(nullable=False)
     updated_at: datetime = _ts(nullable=False)
@@ -91,11 +106,14 @@ class ConnectionHistory(SQLModel, table=True):
     from_state: str | None = None
     to_state: str | None = None
     result: str  # applied / superseded / rejected
+    # Applied, but not one step of Codat's lifecycle (events were missed): Codat was asked.
+    skipped: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
     source: str  # webhook / api / reconcile
     event_id: str | None = None
     event_type: str | None = None
     delivery_id: str | None = None
     event_time: datetime | None = _ts()
+    event_key: str | None = _key()
     recorded_at: datetime = _ts(nullable=False)
     reason: str | None = None
 

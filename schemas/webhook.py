@@ -30,6 +30,7 @@ from schemas.events import (
     ReadCompleted,
     WriteCompleted,
 )
+from schemas.order import parse_instant
 from schemas.state import ConnectionStatus
 
 
@@ -67,15 +68,19 @@ def _lenient_datetime(value: object) -> datetime | None:
         return None
 
 
-def _strict_datetime(value: object) -> datetime:
-    parsed = parse_datetime(value)
-    if parsed is None:
-        raise ValueError("a date-time string is required")
-    return parsed
+# Ids become keys (primary, unique) and Codat URL paths: anything else is not a Codat id, and a
+# key longer than an index entry can hold would fail every retry.
+_ID = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+def _id(value: object) -> str:
+    if not isinstance(value, str) or _ID.fullmatch(value) is None:
+        raise ValueError("an id is 1 to 128 printable ASCII characters without spaces")
+    return value
 
 
 LenientDatetime = Annotated[datetime | None, BeforeValidator(_lenient_datetime)]
-StrictDatetime = Annotated[datetime, BeforeValidator(_strict_datetime)]
+Id = Annotated[str, BeforeValidator(_id)]
 
 
 class _Body(BaseModel):
@@ -85,7 +90,7 @@ class _Body(BaseModel):
 
 
 class _CompanyRef(_Body):
-    id: str
+    id: Id
     name: str | None = None
     description: str | None = None
     tags: dict[str, str] | None = None
@@ -98,7 +103,7 @@ class _Company(_CompanyRef):
 
 
 class _Connection(_Body):
-    id: str
+    id: Id
     status: str
     integration_id: str | None = None
     integration_key: str | None = None
@@ -113,9 +118,9 @@ class _Connection(_Body):
 
 
 class _Envelope(_Body):
-    id: str
+    id: Id
     event_type: str
-    generated_date: StrictDatetime
+    generated_date: str
     payload: dict[str, Any]
 
 
@@ -125,7 +130,7 @@ class _ConnectionPayload(_Body):
 
 
 class _DataTypeRead(_Body):
-    connection_id: str | None = None
+    connection_id: Id | None = None
     data_type: str
     status: str
     records_modified: bool | None = None
@@ -138,10 +143,10 @@ class _ReadPayload(_Body):
 
 
 class _WritePayload(_Body):
-    id: str
+    id: Id
     type: str | None = None
     reference_company: _CompanyRef
-    connection_id: str | None = None
+    connection_id: Id | None = None
     status: str | None = None
     record: dict[str, Any] | None = None
 
@@ -153,7 +158,7 @@ class _RateLimitPayload(_Body):
 
 
 class _LegacyData(_Body):
-    data_connection_id: str | None = None
+    data_connection_id: Id | None = None
     new_status: str
     old_status: str | None = None
     platform_key: str | None = None
@@ -161,10 +166,10 @@ class _LegacyData(_Body):
 
 class _LegacyBody(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
-    AlertId: str
+    AlertId: Id
     RuleType: str
-    CompanyId: str
-    DataConnectionId: str | None = None
+    CompanyId: Id
+    DataConnectionId: Id | None = None
     Data: _LegacyData
 
 
@@ -187,6 +192,9 @@ def parse_event(body: bytes) -> Event:
         raise UnusableDelivery(f"body is not JSON: {exc}") from None
     if not isinstance(document, dict):
         raise UnusableDelivery("body is not a JSON object")
+    if b"\\u0000" in body and _holds_nul(document):
+        # PostgreSQL's text cannot hold it; refused on every database alike.
+        raise UnusableDelivery("body holds a NUL character (\\u0000), which cannot be stored")
     try:
         if "RuleType" in document and "eventType" not in document:
             rule = document["RuleType"]
@@ -202,8 +210,23 @@ def parse_event(body: bytes) -> Event:
             from None
 
 
+def _holds_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
+
+
 def _parse_current(envelope: _Envelope) -> Event:
-    meta = EventMeta(envelope.id, envelope.event_type, envelope.generated_date)
+    try:
+        generated, generated_at = parse_instant(envelope.generated_date)
+    except ValueError as exc:
+        raise UnusableDelivery(f"generatedDate {envelope.generated_date[:64]!r} is not a usable "
+                               f"date-time: {exc}") from None
+    meta = EventMeta(envelope.id, envelope.event_type, generated_at, generated)
     event_type, payload = envelope.event_type, envelope.payload
     if kind := _CONNECTION_KINDS.get(event_type):
         body = _ConnectionPayload.model_validate(payload)

@@ -87,24 +87,17 @@ Work = Callable[[Tx], Coroutine[Any, Any, T]]
 
 
 class SetWork(ABC, Generic[T]):
-    """A unit of work that can also run set-based: when a batch commits several units of the
-    same class back to back, :meth:`run_together` runs them in one go (fewer statements, the
-    same effects as running each in turn). Alone, the unit is simply called."""
+    """A unit of work that a batch of its kind may also do at once, with statements that each
+    commit on their own (PostgreSQL): fewer round trips, the same effects as each in turn."""
 
     @abstractmethod
     async def __call__(self, tx: Tx) -> T: ...
 
     @classmethod
     @abstractmethod
-    async def run_together(cls, tx: Tx, works: Sequence[Self]) -> list[T]:
-        """The results of ``works``, in their order, as if each had run in turn."""
-
-    @classmethod
     async def run_at_once(cls, tx: Tx, works: Sequence[Self]) -> list[T | None]:
-        """Try ``works`` OUTSIDE a transaction, with statements that each commit on their own
-        (PostgreSQL). A result for each unit done; None for each unit left to run in a
-        transaction, for which nothing was written. By default, none is done this way."""
-        return [None] * len(works)
+        """Try ``works`` OUTSIDE a transaction. A result for each unit done; None for each unit
+        left to run in a transaction, for which nothing was written."""
 
 
 def as_dt(value: Any) -> datetime | None:
@@ -443,6 +436,11 @@ _PG_CONTENDED: tuple[type[BaseException], ...] = (
 )
 
 
+def is_unavailable(exc: BaseException) -> bool:
+    """True for an error that means the database cannot be written now (not a bug of ours)."""
+    return isinstance(exc, (DatabaseUnavailable, *_PG_UNAVAILABLE))
+
+
 @dataclass(slots=True)
 class _Pending:
     work: Work[Any]
@@ -556,7 +554,7 @@ class PostgresDatabase(Database):
                 _settle(pending.future, result, None)
 
     async def _try_at_once(self, batch: list[_Pending]) -> list[_Pending]:
-        """Settle what :meth:`SetWork.run_at_once` can do of the batch; the rest, to do."""
+        """Settle what :meth:`SetWork.run_at_once` does of the batch; return the rest."""
         kind = type(batch[0].work)
         if not issubclass(kind, SetWork) or any(type(p.work) is not kind for p in batch):
             return batch
@@ -566,10 +564,8 @@ class PostgresDatabase(Database):
                                    pool=self._batch_pool)
         except DatabaseUnavailable:
             raise
-        except Exception as exc:  # nothing of it written: the batch runs under row locks
-            if not isinstance(exc, Contended):  # a race lost is expected; anything else is not
-                log.warning("one-statement commit failed; the batch runs under row locks",
-                            exc_info=exc)
+        except Exception as exc:  # a bug of ours: what is left of the batch takes transactions
+            log.error("a batch could not be written at once", exc_info=exc)
             return batch
         rest = []
         for pending, result in zip(batch, done, strict=True):
@@ -639,27 +635,7 @@ async def _in_write_transaction(conn: asyncpg.Connection, work: Work[T]) -> T:
 
 
 async def _run_all(tx: Tx, batch: list[_Pending]) -> list[Any]:
-    """Run a batch's units in order; consecutive :class:`SetWork` units of one class together."""
-    results: list[Any] = []
-    start = 0
-    while start < len(batch):
-        work = batch[start].work
-        end = start + 1
-        if isinstance(work, SetWork):
-            kind = type(work)
-            while end < len(batch) and type(batch[end].work) is kind:
-                end += 1
-            if end - start > 1:
-                together = await kind.run_together(
-                    tx, [cast(SetWork[Any], p.work) for p in batch[start:end]])
-                if len(together) != end - start:
-                    raise RuntimeError(f"{kind.__name__}.run_together lost or invented results")
-                results.extend(together)
-                start = end
-                continue
-        results.append(await work(tx))
-        start = end
-    return results
+    return [await pending.work(tx) for pending in batch]
 
 
 async def with_database(url: str, fn: Callable[[Database], Awaitable[T]], **options: Any) -> T:

@@ -9,12 +9,14 @@ id, and the history row of a reconcile is unique per job.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from handlers import assess_readiness, decide_move
+from handlers import assess_readiness
 from handlers.readiness import BILL_PAY_DATA_TYPES, READING
-from schemas.commands import JobKind
+from schemas.commands import Cause, JobKind, Word
 from schemas.events import ConnectionInfo, DataTypeRead
+from schemas.order import instant_of, order_key
 from schemas.platforms import BillPayMode
 from schemas.state import ConnectionStatus, Source, State
 from schemas.webhook import parse_datetime
@@ -27,9 +29,7 @@ from service.codat import (
     Connection,
 )
 from service.db import Database, Tx, utcnow
-from service.ingest import apply_move
 from service.outbox import Job
-from service.store import Cause
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +63,24 @@ def connection_info(connection: Connection) -> ConnectionInfo:
         platform_key=connection.integration_key, platform_name=connection.platform_name,
         source_type=connection.source_type, integration_id=connection.integration_id,
         source_id=connection.source_id, link_url=connection.link_url,
-        created=_date(connection.created), last_sync=_date(connection.last_sync))
+        created=_date(connection.created), last_sync=_date(connection.last_sync),
+        errors=connection.data_connection_errors or [])
+
+
+def codat_word(company_id: str, connection_id: str, connection: Connection | None, cause: Cause,
+               *, source: Source, answered_at: datetime,
+               expected: State | None = None) -> Word:
+    """Codat's answer about a connection (None: it answered 404, so the connection is gone) as a
+    word, true at ``answered_at``: it takes its place among the webhooks by that instant.
+    ``expected`` stands in for a status Codat's answer does not name."""
+    if connection is not None and connection.known_status is None and expected is not None:
+        target, info = expected, None
+    else:
+        target = _state_of(connection)
+        info = None if connection is None else connection_info(connection)
+    key = order_key(target, instant_of(answered_at), cause.id)
+    return Word(connection_id, company_id, target, key, source,
+                Cause(cause.id, cause.type, None, answered_at, cause.reason), info)
 
 
 def _date(value: str | None) -> Any:
@@ -75,30 +92,30 @@ def _date(value: str | None) -> Any:
 
 async def apply_codat_view(db: Database, *, company_id: str, connection_id: str,
                            connection: Connection | None, cause: Cause,
-                           apply: bool = True) -> Drift:
-    """Move our connection to what Codat says (source reconcile); report the drift."""
-    target = _state_of(connection)
-
-    if not apply:  # a dry run only reads: no lock, no placeholder row for an unknown connection
+                           answered_at: datetime | None = None, apply: bool = True,
+                           only_drift: bool = False) -> Drift:
+    """Apply what Codat says of a connection (source reconcile); report the drift. With
+    ``only_drift`` (an on-call sweep of many connections), an answer that agrees with ours is
+    not recorded."""
+    word = codat_word(company_id, connection_id, connection, cause, source=Source.RECONCILE,
+                      answered_at=answered_at or utcnow())
+    codat = word.state.value
+    if not apply:  # a dry run only reads: no lock
         ours = await db.read(lambda tx: store.connection_state(tx, connection_id=connection_id))
-        return Drift(company_id, connection_id, ours.value if ours else None, target.value)
+        return Drift(company_id, connection_id, ours.value if ours else None, codat)
 
     async def work(tx: Tx) -> Drift:
-        now = utcnow()
-        snapshot = await store.lock_connection(tx, connection_id=connection_id,
-                                               company_id=company_id, now=now)
-        ours = snapshot.state.value if snapshot.state else None
-        drift = Drift(company_id, connection_id, ours, target.value)
-        info = connection_info(connection) if connection is not None else None
-        errors = (connection.data_connection_errors or []) if connection is not None else None
-        if snapshot.state is not target:
-            move = decide_move(snapshot, target, source=Source.RECONCILE, event_time=None,
-                               cause=cause.event_id or "reconcile")
-            await apply_move(tx, snapshot, move, cause, now=now, info=info, errors=errors)
-        elif info is not None and target is not State.DELETED:
-            await store.apply_details(tx, company_id=company_id, info=info, errors=errors)
-        return Drift(drift.company_id, drift.connection_id, drift.ours, drift.codat,
-                     applied=drift.drifted)
+        if only_drift:
+            ours = await store.connection_state(tx, connection_id=connection_id)
+            if ours is word.state:
+                return Drift(company_id, connection_id, codat, codat)
+        verdicts = await store.apply_word(tx, word, now=utcnow())
+        if not verdicts:  # this very answer was applied before (a job run again)
+            ours = await store.connection_state(tx, connection_id=connection_id)
+            return Drift(company_id, connection_id, ours.value if ours else None, codat)
+        last = verdicts[-1]
+        before = last.from_state.value if last.from_state else None
+        return Drift(company_id, connection_id, before, codat, applied=last.changed)
 
     return await db.write(work)
 
@@ -133,10 +150,12 @@ class FollowUps:
                                                                               connection_id)
         except CodatNotFound:
             connection = None  # a 404 is final: Codat deleted it
-        cause = Cause(f"job:{job.id}", job.kind.value, None, None, reason=f"outbox job {job.id}")
+        answered_at = utcnow()
+        # Per execution: a job run again fetches again, and that fresher answer is a new word.
+        cause = Cause(f"job:{job.id}:{job.run}", job.kind.value, reason=f"outbox job {job.id}")
         return await apply_codat_view(self._db, company_id=company_id,
                                       connection_id=connection_id, connection=connection,
-                                      cause=cause)
+                                      cause=cause, answered_at=answered_at)
 
     async def _prepare_bill_pay(self, company_id: str, connection_id: str | None, job: Job, *,
                                 refresh: bool = True) -> str:

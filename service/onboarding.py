@@ -12,7 +12,7 @@ import hashlib
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import orjson
@@ -21,8 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from handlers import decide_move
-from schemas.commands import Move
+from schemas.commands import Cause
 from schemas.events import CompanyInfo
 from schemas.platforms import PLATFORM_NAMES, SUPPORTED_PLATFORMS, BillPayMode
 from schemas.state import Source, State
@@ -38,10 +37,8 @@ from service.codat import (
 )
 from service.db import Database, Tx, as_dt, sql, utcnow
 from service.errors import PayloadTooLarge
-from service.followups import connection_info
-from service.ingest import apply_move
+from service.followups import codat_word
 from service.limits import read_body
-from service.store import Cause
 
 STALE_IN_PROGRESS = timedelta(minutes=5)  # a first attempt that died mid-way can be retried
 MAX_BODY_BYTES = 64 * 1024
@@ -178,10 +175,10 @@ class OnboardingApi:
                                     f"{self._mode.value} Bill Pay; supported: {names}")
             connection = await self._client.create_connection(
                 company_id, platform_key=new.platform_key, idempotency_key=codat_key)
-            cause = Cause(f"api:create:{connection.id}", "api.create_connection", None, None,
+            cause = Cause(f"api:create:{connection.id}", "api.create_connection",
                           reason="created through the onboarding API")
             return connection.id, self._store_move(company_id, connection, cause,
-                                                   State.PENDING_AUTH)
+                                                   State.PENDING_AUTH, utcnow())
 
         async def shape(tx: Tx, connection_id: str) -> _Result:
             return _Result(201, await queries.get_connection(tx, connection_id) or {})
@@ -205,8 +202,9 @@ class OnboardingApi:
             reason = "unlinked through the onboarding API"
             if body.reason:
                 reason += f": {body.reason}"
-            cause = Cause(f"api:unlink:{codat_key}", "api.unlink", None, None, reason=reason)
-            return connection_id, self._store_move(company_id, connection, cause, State.UNLINKED)
+            cause = Cause(f"api:unlink:{codat_key}", "api.unlink", reason=reason)
+            return connection_id, self._store_move(company_id, connection, cause,
+                                                   State.UNLINKED, utcnow())
 
         async def shape(tx: Tx, connection_id: str) -> _Result:
             return _Result(200, await queries.get_connection(tx, connection_id) or {})
@@ -215,20 +213,14 @@ class OnboardingApi:
     # --- shared -------------------------------------------------------------------------------
 
     def _store_move(self, company_id: str, connection: Connection, cause: Cause,
-                    expected: State) -> Callable[[Tx], Awaitable[None]]:
+                    expected: State, answered_at: datetime) -> Callable[[Tx], Awaitable[None]]:
+        # Codat's answer is its word as of when it answered: it takes its place among the
+        # webhooks about the connection by that instant.
+        word = codat_word(company_id, connection.id, connection, cause, source=Source.API,
+                          answered_at=answered_at, expected=expected)
+
         async def write(tx: Tx) -> None:
-            now = utcnow()
-            await store.upsert_company(tx, company=CompanyInfo(company_id), event_time=None,
-                                       now=now)
-            snapshot = await store.lock_connection(tx, connection_id=connection.id,
-                                                   company_id=company_id, now=now)
-            known = connection.known_status
-            target = State(known.value) if known else expected
-            move: Move = decide_move(snapshot, target, source=Source.API, event_time=None,
-                                     cause=cause.event_id or "api")
-            info = connection_info(connection)
-            errors = connection.data_connection_errors or []
-            await apply_move(tx, snapshot, move, cause, now=now, info=info, errors=errors)
+            await store.apply_word(tx, word, now=utcnow())
         return write
 
     async def _idempotent(self, request: Request, action: Action,

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from schemas.commands import Cause
 from service import outbox, queries, store
 from service.codat import CodatClient, CodatNotFound
 from service.db import Database, Tx, utcnow
 from service.followups import Drift, apply_codat_view
 from service.ingest import Replayed, replay
 from service.logs import get_logger
-from service.store import Cause
 
 log = get_logger("oncall")
 MIN_DEDUPE_RETENTION = timedelta(days=30)  # longer than Codat's retry (~28 h) and replay windows
@@ -94,16 +94,16 @@ async def reconcile_company(db: Database, client: CodatClient, company_id: str, 
         theirs = {c.id: c for c in await client.list_connections(company_id)}
     except CodatNotFound:
         theirs = {}  # Codat deleted the company, and with it every connection
+    answered_at = utcnow()
     drifts = []
     for connection_id in sorted(set(ours) | set(theirs)):
         mine = ours.get(connection_id)
         if mine is not None and mine["deleted"] and connection_id not in theirs:
             continue  # deleted on both sides
-        cause = Cause(f"reconcile:{run_id}", "reconcile", None, None,
-                      reason=f"reconcile by {who}: {why}")
+        cause = Cause(f"reconcile:{run_id}", "reconcile", reason=f"reconcile by {who}: {why}")
         drift = await apply_codat_view(db, company_id=company_id, connection_id=connection_id,
                                        connection=theirs.get(connection_id), cause=cause,
-                                       apply=apply)
+                                       answered_at=answered_at, apply=apply, only_drift=True)
         if drift.drifted:
             drifts.append(drift)
             trace("reconcile", who=who, why=why, company_id=company_id,

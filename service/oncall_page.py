@@ -42,12 +42,12 @@ _STATE_COUNTS = sql(
 _CONNECTIONS = sql(f"""
 SELECT id, company_id, platform_key, platform_name, source_type, integration_id, source_id,
     link_url, status, errors, created, last_sync, deleted, deleted_at, last_event_at,
-    last_event_id, version, created_at, updated_at
+    last_event_id, previous_state, version, created_at, updated_at
 FROM connections WHERE status IN ({_NOT_LINKED}) AND deleted = FALSE
 ORDER BY updated_at DESC, id DESC LIMIT $1""")
 _HISTORY = sql("""
-SELECT id, connection_id, company_id, from_state, to_state, result, source, event_id, event_type,
-    delivery_id, event_time, recorded_at, reason
+SELECT id, connection_id, company_id, from_state, to_state, result, skipped, source, event_id,
+    event_type, delivery_id, event_time, event_key, recorded_at, reason
 FROM connection_history ORDER BY id DESC LIMIT $1""")
 # One statement per outcome, so each walks ix_deliveries_outcome_received_at backwards.
 _DELIVERIES = sql(f"""

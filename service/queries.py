@@ -27,7 +27,7 @@ def _iso(value: Any) -> str | None:
 
 _CONNECTION_COLUMNS = """id, company_id, platform_key, platform_name, source_type, integration_id,
     source_id, link_url, status, errors, created, last_sync, deleted, deleted_at, last_event_at,
-    last_event_id, version, created_at, updated_at"""
+    last_event_id, previous_state, version, created_at, updated_at"""
 
 
 def connection_json(row: Row) -> dict[str, Any]:
@@ -37,7 +37,8 @@ def connection_json(row: Row) -> dict[str, Any]:
         "integrationId": row["integration_id"], "sourceId": row["source_id"],
         "status": row["status"], "linkUrl": row["link_url"], "created": _iso(row["created"]),
         "lastSync": _iso(row["last_sync"]), "lastEventAt": _iso(row["last_event_at"]),
-        "lastEventId": row["last_event_id"], "updatedAt": _iso(row["updated_at"]),
+        "lastEventId": row["last_event_id"], "previousState": row["previous_state"],
+        "updatedAt": _iso(row["updated_at"]),
         "deleted": bool(row["deleted"]), "deletedAt": _iso(row["deleted_at"]),
         "errors": from_json(row["errors"]) or [], "version": row["version"],
     }
@@ -159,8 +160,8 @@ async def list_connections(tx: Tx, filters: ConnectionFilter, *, limit: int,
 # --- history, deliveries ---------------------------------------------------------------------
 
 _HISTORY = sql("""
-SELECT id, connection_id, company_id, from_state, to_state, result, source, event_id, event_type,
-    delivery_id, event_time, recorded_at, reason
+SELECT id, connection_id, company_id, from_state, to_state, result, skipped, source, event_id,
+    event_type, delivery_id, event_time, event_key, recorded_at, reason
 FROM connection_history WHERE connection_id = $1 AND id > $2 ORDER BY id LIMIT $3""")
 
 
@@ -168,9 +169,11 @@ def history_json(row: Row) -> dict[str, Any]:
     return {
         "id": row["id"], "connectionId": row["connection_id"], "companyId": row["company_id"],
         "fromState": row["from_state"], "toState": row["to_state"], "result": row["result"],
-        "source": row["source"], "eventId": row["event_id"], "eventType": row["event_type"],
+        "skipped": bool(row["skipped"]), "source": row["source"], "eventId": row["event_id"],
+        "eventType": row["event_type"],
         "deliveryId": row["delivery_id"], "eventTime": _iso(row["event_time"]),
-        "recordedAt": _iso(row["recorded_at"]), "reason": row["reason"],
+        "orderKey": row["event_key"], "recordedAt": _iso(row["recorded_at"]),
+        "reason": row["reason"],
     }
 
 
@@ -236,8 +239,8 @@ def parse_time(raw: str) -> datetime:
 
 
 _RECENT_HISTORY = sql("""
-SELECT id, connection_id, company_id, from_state, to_state, result, source, event_id, event_type,
-    delivery_id, event_time, recorded_at, reason
+SELECT id, connection_id, company_id, from_state, to_state, result, skipped, source, event_id,
+    event_type, delivery_id, event_time, event_key, recorded_at, reason
 FROM connection_history WHERE connection_id = $1 ORDER BY id DESC LIMIT $2""")
 
 

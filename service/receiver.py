@@ -28,7 +28,6 @@ from service.ingest import (
     new_delivery,
     record_failure,
 )
-from service.known import KnownConnections
 from service.limits import check_declared_length, read_body
 from service.logs import get_logger
 from service.metrics import Metrics
@@ -64,7 +63,6 @@ class Receiver:
         self._metrics = metrics
         self._max_body = max_body_bytes
         self._retry_after = str(retry_after_seconds)
-        self._known = KnownConnections()
 
     async def __call__(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -88,7 +86,7 @@ class Receiver:
         headers = {k: v for k in _KEPT_HEADERS if (v := named.get(k)) is not None}
         delivery = new_delivery(message_id=signed.message_id, timestamp=int(signed.timestamp),
                                 body=body, secret_id=secret_id, headers=headers)
-        examined = examine(body)
+        examined = examine(body, message_id=delivery.message_id, timestamp=delivery.timestamp)
         fields: dict[str, object] = {
             "message_id": delivery.message_id, "event_id": examined.facts.event_id,
             "event_type": examined.facts.event_type, "company_id": examined.facts.company_id,
@@ -97,8 +95,7 @@ class Receiver:
             # Deliveries about one connection share a commit partition (see service/db.py).
             affinity = (examined.facts.connection_id or examined.facts.company_id
                         or delivery.message_id)
-            result = await self._db.write(Ingest(delivery, examined, self._known),
-                                          affinity=affinity)
+            result = await self._db.write(Ingest(delivery, examined), affinity=affinity)
         except DatabaseUnavailable as exc:
             self._metrics.db_unavailable.inc()
             log.warning("database unavailable, asked Codat to retry", extra={"fields": {

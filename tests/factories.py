@@ -14,6 +14,8 @@ from typing import Any
 import orjson
 from svix.webhooks import Webhook
 
+from schemas.order import new_message_id
+
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # the test vector from Codat's docs
 SECRET_2 = "whsec_" + base64.b64encode(b"the-rotated-in-secret-0123456789").decode()
 OTHER_SECRET = "whsec_" + base64.b64encode(b"a-secret-nobody-configured-here!").decode()
@@ -38,9 +40,10 @@ def iso(moment: datetime) -> str:
 
 def sign(body: bytes, *, msg_id: str | None = None, timestamp: int | None = None,
          secret: str = SECRET, prefix: str = "svix") -> dict[str, str]:
-    """Signature headers for ``body``, made by svix's own signer."""
-    msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
+    """Signature headers for ``body``, made by svix's own signer; the message id is minted the
+    way Svix mints them (a KsuidMs of now) unless given."""
     timestamp = int(time.time()) if timestamp is None else timestamp
+    msg_id = msg_id or new_message_id()
     signature = Webhook(secret).sign(msg_id, datetime.fromtimestamp(timestamp, UTC),
                                      body.decode())
     return {f"{prefix}-id": msg_id, f"{prefix}-timestamp": str(timestamp),

@@ -200,7 +200,8 @@ async def old_delivery(service: Service, *, age: timedelta, connection: str | No
     stored = new_delivery(message_id=message_id, timestamp=int(utcnow().timestamp()),
                           body=body, secret_id="whsec:test", headers={"svix-id": message_id},
                           received_at=utcnow() - age)
-    result = await service.db.write(lambda tx: ingest(tx, stored, examine(body)))
+    examined = examine(body, message_id=message_id, timestamp=stored.timestamp)
+    result = await service.db.write(lambda tx: ingest(tx, stored, examined))
     assert result.disposition == "stored"
     return message_id
 
@@ -209,17 +210,19 @@ async def old_delivery(service: Service, *, age: timedelta, connection: str | No
 
 async def test_status_shows_connections_readiness_history_and_open_jobs(service: Service,
                                                                         cli: Cli) -> None:
-    company, linked, refused = new_id(), new_id(), new_id()
+    company, linked, skipped = new_id(), new_id(), new_id()
     await moves(service, company, linked, LINK)
-    # PendingAuth -> Unlinked is a move the table refuses: rejected, and a reconcile queued.
-    await moves(service, company, refused, [("connection.created", "PendingAuth"),
+    # PendingAuth -> Unlinked skips a state: Codat's newest word is applied, and a reconcile is
+    # queued to confirm it.
+    await moves(service, company, skipped, [("connection.created", "PendingAuth"),
                                             ("connection.disconnected", "Unlinked")], start=10)
     # The confirm job reads readiness (bills failed); the reconcile job is refused: dead.
-    ran = await run_jobs(service, fake_codat(refuse=frozenset({refused}),
+    ran = await run_jobs(service, fake_codat(refuse=frozenset({skipped}),
                                              statuses={"bills": "FetchError"}))
     assert ran == 2
-    linked_since = (await history(service, linked))[-1]["recordedAt"]
-    refused_since = (await history(service, refused))[0]["recordedAt"]
+    linked_since = next(h for h in await history(service, linked)
+                        if h["toState"] == "Linked" and h["fromState"] != "Linked")["recordedAt"]
+    skipped_since = (await history(service, skipped))[1]["recordedAt"]
     [dead] = [j for j in await jobs(service) if j["status"] == "dead"]
 
     out = ok(await cli("status", company)).stdout
@@ -228,10 +231,10 @@ async def test_status_shows_connections_readiness_history_and_open_jobs(service:
     assert "missing: bills" in out
     assert "checked never" not in out
     assert f"Connection {linked}  QuickBooks Online  Linked since {linked_since}" in out
-    assert f"Connection {refused}  QuickBooks Online  PendingAuth since {refused_since}" in out
+    assert f"Connection {skipped}  QuickBooks Online  Unlinked since {skipped_since}" in out
     history_lines = [line for line in out.splitlines() if " webhook " in line]
-    assert len(history_lines) == 4  # every history row of both connections
-    assert any("rejected" in line and "Unlinked" in line and "connection.disconnected" in line
+    assert len(history_lines) == 4  # every webhook's history row of both connections
+    assert any("applied" in line and "Unlinked" in line and "connection.disconnected" in line
                for line in history_lines)
     jobs_part = out.split("Open follow-up jobs:")[1]
     assert dead["id"] in jobs_part
@@ -245,9 +248,9 @@ async def test_status_shows_connections_readiness_history_and_open_jobs(service:
     assert data["billPayDetail"]["missing"] == ["bills"]
     by_id = {c["id"]: c for c in data["dataConnections"]}
     assert (by_id[linked]["status"], by_id[linked]["since"]) == ("Linked", linked_since)
-    assert (by_id[refused]["status"], by_id[refused]["since"]) == ("PendingAuth", refused_since)
-    assert [(h["toState"], h["result"]) for h in by_id[refused]["history"]] == \
-        [("PendingAuth", "applied"), ("Unlinked", "rejected")]
+    assert (by_id[skipped]["status"], by_id[skipped]["since"]) == ("Unlinked", skipped_since)
+    assert [(h["toState"], h["result"], h["skipped"]) for h in by_id[skipped]["history"]] == \
+        [("PendingAuth", "applied", False), ("Unlinked", "applied", True)]
     assert [(j["id"], j["kind"], j["status"]) for j in data["jobs"]] == \
         [(dead["id"], "reconcile_connection", "dead")]
 

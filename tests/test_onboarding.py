@@ -115,7 +115,10 @@ async def seed(f: Flow, mode: str) -> tuple[str, str]:
     history = await eventually(disconnected, what="Codat's connection.disconnected")
     seen = next(h for h in history if h["eventType"] == "connection.disconnected")
     assert seen["source"] == "webhook" and seen["toState"] == "Unlinked"
-    assert seen["result"] == "applied"
+    # Codat dated its event before it answered the unlink, so our record of its answer is the
+    # newer word: the webhook is superseded if it comes after that record, applied (and then
+    # overtaken) if before. The state is the same either way.
+    assert seen["result"] in ("applied", "superseded")
     assert (await f.connection(connection_id))["status"] == "Unlinked"
     # Its only connection is gone: the company cannot pay bills through it any more.
     assert (await f.company(company_id))["billPayReady"] is False

@@ -78,11 +78,12 @@ async def seed(service: Service) -> Seeded:
             kind, company_id=company, connection_id=deauthorized, status=status,
             generated=at(second)))
         assert response.status_code == 200, response.text
-    # PendingAuth -> Unlinked is not a move the table allows: rejected, and a reconcile queued.
-    for second, (kind, status) in enumerate([("connection.created", "PendingAuth"),
-                                             ("connection.disconnected", "Unlinked")]):
+    # Linked, then a PendingAuth word dated after it (clocks disagree): never applied, rejected,
+    # and a reconcile queued.
+    for second, (kind, status) in ((10, ("connection.connected", "Linked")),
+                                   (11, ("connection.created", "PendingAuth"))):
         await service.deliver(connection_body(kind, company_id=company, connection_id=rejected,
-                                              status=status, generated=at(10 + second)))
+                                              status=status, generated=at(second)))
     unparseable = f"msg_unparseable_{uuid.uuid4().hex}"
     response = await service.deliver(b'<script>alert("body")</script>', msg_id=unparseable)
     assert response.json()["outcome"] == "unparseable"
@@ -91,11 +92,11 @@ async def seed(service: Service) -> Seeded:
     assert (await service.deliver(b'{"second": "<b>"}', msg_id=conflict)).status_code == 409
     failed = await _failed_delivery(service)
     worker = build_worker(service.settings, service.db, service.app.state.codat)
-    for _ in range(10):  # the confirm and the reconcile job; each dies on its first attempt
+    for _ in range(10):  # two confirms, two reconciles; each dies on its first attempt
         if not await worker.run_once():
             break
     dead = await service.rows("SELECT id FROM outbox WHERE status = 'dead' ORDER BY id")
-    assert len(dead) == 2
+    assert len(dead) == 4
     return Seeded(deauthorized, rejected, unparseable, failed, conflict, [r["id"] for r in dead])
 
 
@@ -106,7 +107,8 @@ async def _failed_delivery(service: Service) -> str:
     delivery = new_delivery(message_id=message_id, timestamp=int(utcnow().timestamp()),
                             body=body, secret_id="whsec:test", headers={})
     error = "RuntimeError: <script>alert('failed')</script>"
-    await service.db.write(lambda tx: record_failure(tx, delivery, examine(body), error))
+    examined = examine(body, message_id=message_id, timestamp=delivery.timestamp)
+    await service.db.write(lambda tx: record_failure(tx, delivery, examined, error))
     return message_id
 
 
@@ -198,18 +200,18 @@ async def test_the_page_lists_what_on_call_needs(oncall: Service) -> None:
 
     summary = section(page, "summary")
     assert "Deauthorized<b>1</b>" in summary
-    assert "PendingAuth<b>1</b>" in summary
-    assert "jobs dead<b>2</b>" in section(page, "jobs")
+    assert "Linked<b>1</b>" in summary
+    assert "jobs dead<b>4</b>" in section(page, "jobs")
 
     not_linked = section(page, "connections")
     assert seeded.deauthorized in not_linked
     assert '<span class="b bad">Deauthorized</span>' in not_linked
-    assert seeded.rejected in not_linked  # still PendingAuth
+    assert seeded.rejected not in not_linked  # Linked
 
     transitions = section(page, "transitions")
     assert transitions.index(seeded.rejected) < transitions.index(seeded.deauthorized)  # newest
     assert '<span class="b bad">rejected</span>' in transitions
-    assert "PendingAuth to Unlinked" in transitions
+    assert "Linked never becomes PendingAuth" in transitions
 
     deliveries = section(page, "deliveries")
     assert '<span class="b bad">unparseable</span>' in deliveries

@@ -455,7 +455,7 @@ UNUSABLE: dict[str, tuple[bytes | dict[str, Any], str]] = {
                        "unknown connection status 'Frobnicated' (known: PendingAuth, Linked, "
                        "Unlinked, Deauthorized)"),
     "lowercase status": (_connection(status="linked"), "unknown connection status 'linked'"),
-    "number as id": (_minimal(id=123), "id: Input should be a valid string"),
+    "number as id": (_minimal(id=123), "id: Value error, an id is 1 to 128 printable ASCII"),
     "number as eventType": (_minimal(eventType=5), "eventType"),
     "string as payload": (_minimal(payload="x"), "payload"),
     "no connection": (_minimal(payload={"referenceCompany": {"id": "c"}}), "connection"),

@@ -6,13 +6,13 @@ from datetime import datetime
 from typing import Any
 
 from service.sandbox.bodies import company_details, company_reference, connection_body
-from service.sandbox.clock import iso
+from service.sandbox.clock import generated_date, iso
 from service.sandbox.model import Company, Connection, new_id
 
 
 def envelope(event_type: str, payload: dict[str, Any], generated: datetime) -> dict[str, Any]:
     """``{id, eventType, generatedDate, payload}``; ``generatedDate`` is when it happened."""
-    return {"id": new_id(), "eventType": event_type, "generatedDate": iso(generated),
+    return {"id": new_id(), "eventType": event_type, "generatedDate": generated_date(generated),
             "payload": payload}
 
 

@@ -12,7 +12,6 @@ import asyncio
 import json
 import random
 import time
-import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,6 +21,7 @@ from typing import Any
 import httpx
 from svix.webhooks import Webhook
 
+from schemas.order import new_message_id
 from service.sandbox.clock import iso, utcnow
 from service.sandbox.config import SandboxConfig
 
@@ -121,8 +121,9 @@ class Dispatcher:
 
     def publish(self, body: dict[str, Any]) -> Message:
         """Record an event body and deliver it (or hold it while paused)."""
-        message = Message(f"msg_{uuid.uuid4().hex}", str(body["eventType"]),
-                          json.dumps(body, separators=(",", ":")), utcnow())
+        created = utcnow()  # Svix's id carries its message's creation time (a KsuidMs)
+        message = Message(new_message_id(created), str(body["eventType"]),
+                          json.dumps(body, separators=(",", ":")), created)
         self.messages[message.id] = message
         if self._config.webhook_url is None:
             message.state = DeliveryState.SKIPPED
