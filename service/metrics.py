@@ -23,6 +23,10 @@ class Metrics:
         self.transitions = Counter(
             "codat_hooks_transitions", "Connection moves by from/to state, result and source",
             ["from_state", "to_state", "result", "source"], registry=r)
+        self.skipped_moves = Counter(
+            "codat_hooks_skipped_moves", "Applied moves that skipped states (events were "
+            "missed, or came out of order): each queued a reconcile", ["from_state", "to_state"],
+            registry=r)
         self.db_unavailable = Counter(
             "codat_hooks_db_unavailable", "Requests answered 503 because the database could "
             "not be written", registry=r)

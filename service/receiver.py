@@ -113,10 +113,13 @@ class Receiver:
         self._metrics.deliveries.labels(result.outcome.value, result.disposition.value).inc()
         transitions = []
         for _, move in result.applied.moves:
-            self._metrics.transitions.labels(
-                move.from_state or "none", move.to_state, move.result, move.source).inc()
+            from_state = move.from_state or "none"
+            self._metrics.transitions.labels(from_state, move.to_state, move.result,
+                                             move.source).inc()
+            if move.skipped:
+                self._metrics.skipped_moves.labels(from_state, move.to_state).inc()
             transitions.append({"from": move.from_state, "to": move.to_state,
-                                "result": move.result})
+                                "result": move.result, "skipped": move.skipped})
         status = 409 if result.disposition is Disposition.CONFLICT else 200
         log.info("delivery", extra={"fields": {
             **fields, "outcome": result.outcome, "disposition": result.disposition,

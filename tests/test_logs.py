@@ -157,16 +157,19 @@ async def test_every_accepted_delivery_is_one_json_line_with_its_fields(
                                          connection)
     assert (stored["outcome"], stored["disposition"], stored["status"]) == \
         ("processed", "stored", 200)
-    assert stored["transitions"] == [{"from": None, "to": "Linked", "result": "applied"}]
+    # First heard of Linked: its creation was missed, so the move skipped states.
+    assert stored["transitions"] == [{"from": None, "to": "Linked", "result": "applied",
+                                      "skipped": True}]
     assert (duplicate["disposition"], duplicate["transitions"]) == ("duplicate", [])
     assert (conflict["disposition"], conflict["status"], conflict["transitions"]) == \
         ("conflict", 409, [])
     assert moved["transitions"] == [{"from": "Linked", "to": "Deauthorized",
-                                     "result": "applied"}]
+                                     "result": "applied", "skipped": False}]
     assert (unparseable["outcome"], unparseable["event_id"], unparseable["company_id"]) == \
         ("unparseable", None, None)
     assert (ignored_line["outcome"], ignored_line["event_id"]) == ("ignored", "evt-ignored")
-    assert created["transitions"] == [{"from": None, "to": "PendingAuth", "result": "applied"}]
+    assert created["transitions"] == [{"from": None, "to": "PendingAuth", "result": "applied",
+                                       "skipped": False}]
     assert (company_gone["event_type"], company_gone["company_id"]) == \
         ("company.deleted", company)
     assert sorted(m["from"] for m in company_gone["transitions"]) == \
