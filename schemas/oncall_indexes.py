@@ -25,9 +25,9 @@ def _table(model: type) -> sa.Table:
 
 def _index(name: str, model: type, *columns: str) -> sa.Index:
     table = _table(model)
-    existing = {index.name: index for index in table.indexes}
-    if name in existing:  # imported twice (e.g. reloaded): attach once
-        return existing[name]
+    for index in table.indexes:
+        if index.name == name:  # imported twice (e.g. reloaded): attach once
+            return index
     return sa.Index(name, *(table.c[c] for c in columns))
 
 

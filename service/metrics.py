@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from service.recent import MinuteCounts
+
 
 class Metrics:
     """Every metric the service exports at /metrics."""
@@ -40,7 +42,24 @@ class Metrics:
         self.codat_quota_remaining = Gauge(
             "codat_hooks_codat_quota_remaining", "Codat's X-Rate-Limit-Remaining, last seen",
             registry=r)
+        self.worker_heartbeat = Gauge(
+            "codat_hooks_worker_heartbeat_timestamp_seconds",
+            "Unix time the worker's loop last went round (one series per running worker)",
+            ["worker_id"], registry=r)
+        self.ready = Gauge(
+            "codat_hooks_ready", "1 while /readyz answers ready (database reachable, "
+            "migrations current), else 0; refreshed at each scrape", registry=r)
+        self.codat_paused = Gauge(
+            "codat_hooks_codat_paused_seconds", "Seconds until Codat's rate-limit pause ends "
+            "(0: not paused); every Codat call waits for it", registry=r)
         self.request_latency = Histogram(
             "codat_hooks_request_seconds", "HTTP request latency by route and status class",
             ["route", "status"], registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        # Refusals per minute, for the on-call page's chart (the database never sees them).
+        self.recent_refusals = MinuteCounts()
+
+    def refused(self, reason: str) -> None:
+        """A delivery refused before storage, for ``reason``."""
+        self.rejected.labels(reason).inc()
+        self.recent_refusals.add(reason)

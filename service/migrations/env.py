@@ -9,7 +9,7 @@ from sqlalchemy import Connection, create_engine, pool
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel import SQLModel
 
-import schemas.oncall_indexes  # noqa: F401  (and the on-call page's indexes)
+import schemas.oncall_indexes
 import schemas.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
 
 target_metadata = SQLModel.metadata
