@@ -6,6 +6,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from service.recent import MinuteCounts
 
+# Why a delivery is refused before storage: the receiver's errors, and svix verification's
+# reasons (service/verify.py).
+REFUSAL_REASONS = ("MissingHeaders", "PayloadTooLarge", "malformed_timestamp",
+                   "timestamp_too_old", "timestamp_too_new", "malformed_signature",
+                   "no_matching_signature")
+
 
 class Metrics:
     """Every metric the service exports at /metrics."""
@@ -19,6 +25,8 @@ class Metrics:
         self.rejected = Counter(
             "codat_hooks_deliveries_rejected", "Deliveries refused before storage, by reason",
             ["reason"], registry=r)
+        for reason in REFUSAL_REASONS:  # at 0 from the start, so the first burst is a rise
+            self.rejected.labels(reason)
         self.verified_by = Counter(
             "codat_hooks_verified_by_secret", "Verified deliveries by the secret that verified "
             "them (to see when an old secret can be retired)", ["secret_id"], registry=r)
