@@ -177,7 +177,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
         *QueryApi(database).routes(auth),
         *OnboardingApi(db=database, client=client,
                        mode=BillPayMode(settings.bill_pay_mode)).routes(auth),
-        *oncall_routes(database, auth),
+        *oncall_routes(database, auth, metrics.recent_refusals),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
                     middleware=[Middleware(RequestTiming, metrics=metrics)])

@@ -30,6 +30,9 @@ _CONNECTION_COLUMNS = """id, company_id, platform_key, platform_name, source_typ
     last_event_id, version, created_at, updated_at"""
 
 
+CONNECTION_COLUMNS_OF_C = ", ".join(f"c.{c.strip()}" for c in _CONNECTION_COLUMNS.split(","))
+
+
 def connection_json(row: Row) -> dict[str, Any]:
     return {
         "id": row["id"], "companyId": row["company_id"], "platformKey": row["platform_key"],
