@@ -23,20 +23,7 @@ from service.oncall_html import (
     table,
     when,
 )
-from service.story import DeliveryStory, Entry, Story
-
-
-def commands(company_id: str, story: Story) -> list[str]:
-    """The CLI commands on-call may want for this company, ready to copy."""
-    lines = [f"codat-hooks status {company_id}",
-             f"codat-hooks reconcile --company {company_id}",
-             f'codat-hooks reconcile --company {company_id} --apply --reason "..."']
-    for entry in story.entries:
-        if entry.kind == "delivery" and entry.data["outcome"] in ("failed", "unparseable"):
-            lines.append(f'codat-hooks replay {entry.key} --apply --reason "..."')
-        if entry.kind == "job" and entry.data["status"] == "dead":
-            lines.append(f'codat-hooks outbox retry {entry.key} --apply --reason "..."')
-    return lines
+from service.story import DeliveryStory, Entry, Story, commands
 
 
 def _entry(e: Entry, now: datetime) -> list[str]:

@@ -298,3 +298,29 @@ _COMPANY_IDS = sql(
 
 async def company_ids(tx: Tx, *, after: str, limit: int) -> list[str]:
     return [r["id"] for r in await tx.fetch(_COMPANY_IDS, after, limit)]
+
+
+@cache
+def _names_sql(count: int) -> Sql:
+    marks = ", ".join(f"${n}" for n in range(1, count + 1))
+    return sql(f"SELECT id, name FROM companies WHERE id IN ({marks})")
+
+
+async def company_names(tx: Tx, company_ids: list[str | None]) -> dict[str, str | None]:
+    """The names of these companies (by primary key), for tables that show ids."""
+    wanted = sorted({c for c in company_ids if c})
+    names: dict[str, str | None] = {}
+    for start in range(0, len(wanted), 100):
+        chunk = wanted[start:start + 100]
+        for row in await tx.fetch(_names_sql(len(chunk)), *chunk):
+            names[row["id"]] = row["name"]
+    return names
+
+
+async def with_company_names(tx: Tx, rows: list[dict[str, Any]],
+                             key: str = "companyId") -> list[dict[str, Any]]:
+    """``rows``, each with ``companyName`` beside its ``key``."""
+    names = await company_names(tx, [r.get(key) for r in rows])
+    for row in rows:
+        row["companyName"] = names.get(row.get(key) or "")
+    return rows

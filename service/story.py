@@ -87,6 +87,19 @@ def decode_cursor(cursor: str) -> tuple[datetime, int, str]:
     return moment, kind, key
 
 
+def commands(company_id: str, told: Story) -> list[str]:
+    """The CLI commands on-call may want for this company, ready to copy."""
+    lines = [f"codat-hooks status {company_id}",
+             f"codat-hooks reconcile --company {company_id}",
+             f'codat-hooks reconcile --company {company_id} --apply --reason "..."']
+    for entry in told.entries:
+        if entry.kind == "delivery" and entry.data["outcome"] in ("failed", "unparseable"):
+            lines.append(f'codat-hooks replay {entry.key} --apply --reason "..."')
+        if entry.kind == "job" and entry.data["status"] == "dead":
+            lines.append(f'codat-hooks outbox retry {entry.key} --apply --reason "..."')
+    return lines
+
+
 def why_not_ready(company: dict[str, Any]) -> list[str]:
     """Why a company is not ready for Bill Pay, in words: which connection, which data type."""
     if company["billPayReady"]:
