@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from service.db import utcnow
 from service.oncall_home import (
     CONFLICT_HEAD,
@@ -51,20 +53,21 @@ def render_list(kind: str, page: Page, *, value: str | None, before: str | None)
     params = {"connections": "state", "deliveries": "outcome", "jobs": "status"}
     param = params.get(kind)
     extra = {param: value} if param else {}
-    head, rows, title, tabs = {
-        "connections": (CONNECTION_HEAD, connection_rows(page.rows, now),
-                        f"Connections {value}, most recently changed first",
-                        _tabs("state", STATES, value or "", "connections")),
-        "transitions": (TRANSITION_HEAD, transition_rows(page.rows, now),
-                        "Transitions, newest first", ""),
-        "deliveries": (DELIVERY_HEAD, delivery_rows(page.rows, now),
-                       f"Deliveries {value}, newest first",
-                       _tabs("outcome", OUTCOMES, value or "", "deliveries")),
-        "jobs": (JOB_HEAD, job_rows(page.rows, now), f"Follow-up jobs {value}",
-                 _tabs("status", JOB_STATUSES, value or "", "jobs")),
-        "conflicts": (CONFLICT_HEAD, conflict_rows(page.rows, now),
-                      "Conflicting deliveries, newest first", ""),
-    }[kind]
+    views: dict[str, Callable[[], tuple[list[str], list[list[str]], str, str]]] = {
+        "connections": lambda: (CONNECTION_HEAD, connection_rows(page.rows, now),
+                                f"Connections {value}, most recently changed first",
+                                _tabs("state", STATES, value or "", "connections")),
+        "transitions": lambda: (TRANSITION_HEAD, transition_rows(page.rows, now),
+                                "Transitions, newest first", ""),
+        "deliveries": lambda: (DELIVERY_HEAD, delivery_rows(page.rows, now),
+                               f"Deliveries {value}, newest first",
+                               _tabs("outcome", OUTCOMES, value or "", "deliveries")),
+        "jobs": lambda: (JOB_HEAD, job_rows(page.rows, now), f"Follow-up jobs {value}",
+                         _tabs("status", JOB_STATUSES, value or "", "jobs")),
+        "conflicts": lambda: (CONFLICT_HEAD, conflict_rows(page.rows, now),
+                              "Conflicting deliveries, newest first", ""),
+    }
+    head, rows, title, tabs = views[kind]()
     more = pager(href(kind, **extra, before=page.next_cursor) if page.next_cursor else None,
                  href(kind, **extra) if before else None)
     body = f'<h2 id="list">{esc(title)}</h2>{tabs}{table(head, rows)}{more}'

@@ -134,11 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     p.add_argument("--workdir", default="/var/tmp")
     p.add_argument("--seed", type=int, default=20261125)
+    p.add_argument("--keep", action="store_true", help="keep the databases and logs")
     a = p.parse_args(argv)
     args = bench.parse_args([
         "--db", a.db, "--large", "--large-deliveries", str(a.large_deliveries),
         "--large-connections", str(a.large_connections), "--pg-url", a.pg_url,
-        "--workdir", a.workdir, "--seed", str(a.seed)])
+        "--workdir", a.workdir, "--seed", str(a.seed), *(["--keep"] if a.keep else [])])
     b = bench.Bench(args)
     problems: list[str] = []
     results: dict[str, dict[str, list[float]]] = {}
