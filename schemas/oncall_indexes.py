@@ -8,7 +8,8 @@ migrated schema with). Every one serves a keyed or bounded read of a page:
 - ``deliveries (company_id, received_at)``: a company's timeline, newest deliveries first;
 - ``outbox (company_id, created_at)``: a company's jobs, newest first;
 - ``companies (name, id)``: the search by the start of a company's name;
-- ``connections (status, updated_at)``: connections in one state, most recently changed first.
+- ``connections (status, deleted, updated_at)``: connections in one state, most recently
+  changed first; and the count of each state, from the index alone.
 """
 
 from __future__ import annotations
@@ -36,5 +37,5 @@ DELIVERIES_COMPANY = _index("ix_deliveries_company_id_received_at", Delivery, "c
                             "received_at")
 OUTBOX_COMPANY = _index("ix_outbox_company_id_created_at", OutboxJob, "company_id", "created_at")
 COMPANIES_NAME = _index("ix_companies_name_id", Company, "name", "id")
-CONNECTIONS_STATUS_UPDATED = _index("ix_connections_status_updated_at", Connection, "status",
-                                    "updated_at")
+CONNECTIONS_STATE = _index("ix_connections_status_deleted_updated_at", Connection, "status",
+                           "deleted", "updated_at")

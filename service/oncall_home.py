@@ -31,6 +31,8 @@ from service.recent import MinuteCounts
 LIMIT = 50
 CONNECTIONS_LIMIT = 20
 NOT_LINKED = ("PendingAuth", "Unlinked", "Deauthorized")
+# Counted from ix_connections_status_deleted_updated_at alone (no table row is read): the one
+# read of the page that grows with the data, by an index entry per connection.
 _STATE_COUNTS = sql(
     "SELECT status, deleted, COUNT(*) AS n FROM connections GROUP BY status, deleted")
 

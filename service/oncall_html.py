@@ -39,12 +39,13 @@ none;color:#e8e8e8;background:#1a1c1f;padding:.6rem;border-radius:4px}.b{padding
 border-radius:4px;font-weight:600;white-space:nowrap}.ok{background:#1e3a26;color:#81c995}
 .info{background:#1d2f45;color:#8ab4f8}.warn{background:#3d3217;color:#fdd663}
 .bad{background:#4a1c1c;color:#f28b82}.muted{background:#2c2f33;color:#bdc1c6}
-.empty{color:#81c995}.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(30rem,1fr));
+.empty{color:#81c995}.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(30rem,100%),1fr));
 gap:1rem}figure{margin:0;background:#1a1c1f;border:1px solid #2c2f33;border-radius:6px;
 padding:.5rem .7rem}figcaption{font-size:.9rem;color:#bdc1c6}svg{display:block;width:100%;
 height:auto}.pager{margin:.6rem 0}.why li{margin:.15rem 0}dl{display:grid;
 grid-template-columns:max-content 1fr;gap:.2rem 1rem;margin:.5rem 0}dt{color:#9aa0a6}dd{margin:0}
-.name{font-weight:600}
+.name{font-weight:600}@media (max-width:800px){body{padding:.6rem .7rem 2rem}
+table{display:block;overflow-x:auto}header form{margin-left:0}}
 """
 
 

@@ -1,9 +1,9 @@
 """The on-call page's lists, a page at a time, newest first, each with its company's name.
 
 Keyset pagination: a page ends with a cursor naming its last row, and the next page starts
-after it along the same index (``ix_connections_status_updated_at``, the history's primary key,
-``ix_deliveries_outcome_received_at``, ``ix_outbox_status_next_attempt_at``), so page 1,000
-costs what page 1 does. Names come from a join on the companies' primary key.
+after it along the same index (``ix_connections_status_deleted_updated_at``, the history's
+primary key, ``ix_deliveries_outcome_received_at``, ``ix_outbox_status_next_attempt_at``), so
+page 1,000 costs what page 1 does. Names come from a join on the companies' primary key.
 """
 
 from __future__ import annotations

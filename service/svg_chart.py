@@ -19,6 +19,9 @@ COLORS = {
     "Linked": "#81c995", "PendingAuth": "#8ab4f8", "Unlinked": "#fdd663",
     "Deauthorized": "#f28b82", "Deleted": "#9aa0a6", "rejected": "#f28b82",
     "superseded": "#fdd663", "pending": "#8ab4f8", "running": "#c58af9", "dead": "#f28b82",
+    # the job backlog by how long due: from calm to alarming
+    "not yet due": "#8ab4f8", "due < 1 min": "#81c995", "1-5 min": "#fdd663",
+    "5-15 min": "#fcad70", "15-60 min": "#f28b82", "over 1 h": "#f28b82",
 }
 _PALETTE = ("#8ab4f8", "#fdd663", "#f28b82", "#81c995", "#c58af9", "#78d9ec", "#fcad70")
 
@@ -70,7 +73,7 @@ def stacked_bars(*, label: str, ticks: Sequence[str], series: Sequence[Series],
                  unit: str = "", width: int = 640, height: int = 220) -> str:
     """One stacked bar per bucket; ``ticks[i]`` labels bucket i on the time axis ('' for
     none). Series values are per bucket, in the same order."""
-    left, right, top, bottom = 44, 8, 10, 46
+    left, right, top, bottom = 44, 8, 22, 46
     plot_w, plot_h = width - left - right, height - top - bottom
     n = len(ticks)
     stacks = [sum(s.values[i] for s in series) for i in range(n)]
@@ -82,7 +85,7 @@ def stacked_bars(*, label: str, ticks: Sequence[str], series: Sequence[Series],
                      f'stroke="{GRID}"/><text x="{left - 4}" y="{y + 4:.1f}" fill="{TEXT}" '
                      f'text-anchor="end">{escape(_number(ceiling * fraction))}</text>')
     if unit:
-        parts.append(f'<text x="4" y="{top + 8}" fill="{TEXT}">{escape(unit)}</text>')
+        parts.append(f'<text x="4" y="11" fill="{TEXT}">{escape(unit)}</text>')
     step = plot_w / max(n, 1)
     bar_w = max(1.0, step * 0.8)
     drawn = 0

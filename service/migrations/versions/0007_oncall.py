@@ -25,7 +25,8 @@ _INDEXES = (
     ("ix_deliveries_company_id_received_at", "deliveries", ["company_id", "received_at"]),
     ("ix_outbox_company_id_created_at", "outbox", ["company_id", "created_at"]),
     ("ix_companies_name_id", "companies", ["name", "id"]),
-    ("ix_connections_status_updated_at", "connections", ["status", "updated_at"]),
+    ("ix_connections_status_deleted_updated_at", "connections",
+     ["status", "deleted", "updated_at"]),
 )
 
 
