@@ -118,7 +118,9 @@ def why_not_ready(company: dict[str, Any]) -> list[str]:
         if data_type == "a Linked connection":
             continue
         known = types.get(data_type)
-        if known is None:
+        if detail.get("mode") == "sync":  # sync mode asks Codat for payable bank accounts
+            reasons.append(f"{data_type}: none Bill Pay can pay from (checked at Codat)")
+        elif known is None:
             reasons.append(f"{data_type}: never read")
         else:
             reasons.append(f"{data_type}: {known['status']} (connection "
