@@ -32,6 +32,9 @@ def _key() -> Any:
 
 class Company(SQLModel, table=True):
     __tablename__ = "companies"
+    # The on-call search by the start of a name (names are capped at 500 characters when parsed:
+    # an index entry must fit a page).
+    __table_args__ = (sa.Index("ix_companies_name_id", "name", "id"),)
 
     id: str = Field(primary_key=True)
     name: str | None = None
@@ -62,6 +65,9 @@ class Connection(SQLModel, table=True):
         sa.Index("ix_connections_company_id_id", "company_id", "id"),
         sa.Index("ix_connections_status_id", "status", "id"),
         sa.Index("ix_connections_platform_key_id", "platform_key", "id"),
+        # Connections in one state, most recently changed first (on-call), and the count of
+        # each state from the index alone.
+        sa.Index("ix_connections_status_deleted_updated_at", "status", "deleted", "updated_at"),
     )
 
     id: str = Field(primary_key=True)
@@ -123,6 +129,8 @@ class Delivery(SQLModel, table=True):
     __table_args__ = (
         sa.Index("ix_deliveries_received_at", "received_at"),
         sa.Index("ix_deliveries_outcome_received_at", "outcome", "received_at"),
+        sa.Index("ix_deliveries_event_id", "event_id"),  # on-call search by Codat's event id
+        sa.Index("ix_deliveries_company_id_received_at", "company_id", "received_at"),
     )
 
     message_id: str = Field(primary_key=True)
@@ -160,7 +168,10 @@ class OutboxJob(SQLModel, table=True):
     """Follow-up work, written in the same transaction as the change that caused it."""
 
     __tablename__ = "outbox"
-    __table_args__ = (sa.Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),)
+    __table_args__ = (
+        sa.Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+        sa.Index("ix_outbox_company_id_created_at", "company_id", "created_at"),
+    )
 
     id: str = Field(primary_key=True)
     kind: str

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
-from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from schemas.events import (
@@ -91,7 +91,7 @@ class _Body(BaseModel):
 
 class _CompanyRef(_Body):
     id: Id
-    name: str | None = None
+    name: str | None = Field(default=None, max_length=500)  # an index entry must fit a page
     description: str | None = None
     tags: dict[str, str] | None = None
 
@@ -200,7 +200,8 @@ def parse_event(body: bytes) -> Event:
             rule = document["RuleType"]
             if rule != _LEGACY_STATUS_CHANGED and isinstance(rule, str):
                 alert = document.get("AlertId")
-                raise UnsupportedEvent(rule, alert if isinstance(alert, str) else None)
+                known = isinstance(alert, str) and _ID.fullmatch(alert) is not None
+                raise UnsupportedEvent(rule[:200], alert if known else None)
             return _parse_legacy(_LegacyBody.model_validate(document))
         if "eventType" not in document and "type" in document:
             document = {**document, "eventType": document["type"]}

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -58,16 +59,21 @@ class Health:
     async def healthz(self, request: Request) -> Response:
         return json_response({"status": "ok"})
 
-    async def readyz(self, request: Request) -> Response:
+    async def check(self) -> dict[str, Any]:
+        """What /readyz answers: ``{"ready": bool, ...}`` with the reason when not ready."""
         try:
             await self._db.read(_ping)
             current = await self._db.read(current_revision)
         except DatabaseUnavailable as exc:
-            return json_response({"ready": False, "reason": f"database unreachable: {exc}"}, 503)
+            return {"ready": False, "reason": f"database unreachable: {exc}"}
         if current != self._head:
-            return json_response({"ready": False, "reason": "migrations are behind",
-                                  "current": current, "head": self._head}, 503)
-        return json_response({"ready": True, "migration": current})
+            return {"ready": False, "reason": "migrations are behind", "current": current,
+                    "head": self._head}
+        return {"ready": True, "migration": current}
+
+    async def readyz(self, request: Request) -> Response:
+        answer = await self.check()
+        return json_response(answer, 200 if answer["ready"] else 503)
 
 
 def codat_client(settings: Settings, metrics: Metrics | None = None,
@@ -96,13 +102,29 @@ def build_worker(settings: Settings, db: Database, client: CodatClient,
                   poll_seconds=settings.worker_poll_seconds)
 
 
-async def refresh_outbox_gauges(db: Database, metrics: Metrics) -> None:
+async def refresh_gauges(db: Database, metrics: Metrics, health: Health) -> None:
+    """Set the gauges read from the database, before a scrape: readiness first (it holds
+    whatever the database says), then the outbox and Codat's pause."""
+    metrics.ready.set(1 if (await health.check())["ready"] else 0)
     now = utcnow()
-    by_status, oldest_due = await db.read(lambda tx: outbox.counts(tx, now=now))
-    for status, count in by_status.items():
-        metrics.outbox_jobs.labels(status).set(count)
-    metrics.outbox_oldest_due_age.set(0 if oldest_due is None
-                                      else (now - oldest_due).total_seconds())
+
+    async def read(tx: Tx) -> tuple[dict[str, int], datetime | None, datetime | None]:
+        by_status, oldest_due = await outbox.counts(tx, now=now)
+        return by_status, oldest_due, await outbox.paused_until(tx)
+    with contextlib.suppress(DatabaseUnavailable):
+        by_status, oldest_due, paused = await db.read(read)
+        for status, count in by_status.items():
+            metrics.outbox_jobs.labels(status).set(count)
+        metrics.outbox_oldest_due_age.set(0 if oldest_due is None
+                                          else (now - oldest_due).total_seconds())
+        metrics.codat_paused.set(0 if paused is None
+                                 else max(0.0, (paused - now).total_seconds()))
+
+
+async def metrics_response(db: Database, metrics: Metrics, health: Health) -> Response:
+    """/metrics: the gauges refreshed, then every metric in Prometheus's text format."""
+    await refresh_gauges(db, metrics, health)
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def create_app(settings: Settings | None = None, *, db: Database | None = None,
@@ -126,9 +148,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
     health = Health(database)
 
     async def metrics_endpoint(request: Request) -> Response:
-        with contextlib.suppress(DatabaseUnavailable):
-            await refresh_outbox_gauges(database, metrics)
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return await metrics_response(database, metrics, health)
 
     async def openapi_endpoint(request: Request) -> Response:
         return json_response(openapi_document())
@@ -157,7 +177,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
         *QueryApi(database).routes(auth),
         *OnboardingApi(db=database, client=client,
                        mode=BillPayMode(settings.bill_pay_mode)).routes(auth),
-        *oncall_routes(database, auth),
+        *oncall_routes(database, auth, metrics.recent_refusals),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
                     middleware=[Middleware(RequestTiming, metrics=metrics)])

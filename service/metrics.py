@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from service.recent import MinuteCounts
+
+# Why a delivery is refused before storage: the receiver's errors, and svix verification's
+# reasons (service/verify.py).
+REFUSAL_REASONS = ("MissingHeaders", "PayloadTooLarge", "malformed_timestamp",
+                   "timestamp_too_old", "timestamp_too_new", "malformed_signature",
+                   "no_matching_signature")
+
 
 class Metrics:
     """Every metric the service exports at /metrics."""
@@ -17,6 +25,8 @@ class Metrics:
         self.rejected = Counter(
             "codat_hooks_deliveries_rejected", "Deliveries refused before storage, by reason",
             ["reason"], registry=r)
+        for reason in REFUSAL_REASONS:  # at 0 from the start, so the first burst is a rise
+            self.rejected.labels(reason)
         self.verified_by = Counter(
             "codat_hooks_verified_by_secret", "Verified deliveries by the secret that verified "
             "them (to see when an old secret can be retired)", ["secret_id"], registry=r)
@@ -44,7 +54,24 @@ class Metrics:
         self.codat_quota_remaining = Gauge(
             "codat_hooks_codat_quota_remaining", "Codat's X-Rate-Limit-Remaining, last seen",
             registry=r)
+        self.worker_heartbeat = Gauge(
+            "codat_hooks_worker_heartbeat_timestamp_seconds",
+            "Unix time the worker's loop last went round (one series per running worker)",
+            ["worker_id"], registry=r)
+        self.ready = Gauge(
+            "codat_hooks_ready", "1 while /readyz answers ready (database reachable, "
+            "migrations current), else 0; refreshed at each scrape", registry=r)
+        self.codat_paused = Gauge(
+            "codat_hooks_codat_paused_seconds", "Seconds until Codat's rate-limit pause ends "
+            "(0: not paused); every Codat call waits for it", registry=r)
         self.request_latency = Histogram(
             "codat_hooks_request_seconds", "HTTP request latency by route and status class",
             ["route", "status"], registry=r,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        # Refusals per minute, for the on-call page's chart (the database never sees them).
+        self.recent_refusals = MinuteCounts()
+
+    def refused(self, reason: str) -> None:
+        """A delivery refused before storage, for ``reason``."""
+        self.rejected.labels(reason).inc()
+        self.recent_refusals.add(reason)

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from schemas.commands import Cause
-from service import outbox, queries, store
+from service import outbox, queries, store, story
 from service.codat import CodatClient, CodatNotFound
 from service.db import Database, Tx, utcnow
 from service.followups import Drift, apply_codat_view
@@ -36,8 +36,9 @@ def trace(action: str, *, who: str, why: str, **fields: Any) -> None:
 
 
 async def company_status(db: Database, company_id: str, *, history: int = 5,
-                         ) -> dict[str, Any] | None:
-    """The company, its connections (status, since when, last history), and its open jobs."""
+                         timeline: int = 50) -> dict[str, Any] | None:
+    """The company, its connections (status, since when, last history), its open jobs, why it
+    is not ready for Bill Pay, and its newest ``timeline`` moves, deliveries and jobs."""
     async def work(tx: Tx) -> dict[str, Any] | None:
         company = await queries.get_company(tx, company_id)
         if company is None:
@@ -49,6 +50,12 @@ async def company_status(db: Database, company_id: str, *, history: int = 5,
             connection["since"] = await queries.in_state_since(tx, connection["id"], state) \
                 if state else None
         company["jobs"] = await outbox.company_jobs(tx, company_id=company_id)
+        told = await story.read_story(tx, company_id, limit=timeline)
+        if told is not None:  # the company page's story: why not ready, and the timeline
+            company["whyNotReady"] = told.why_not_ready
+            company["timeline"] = [{"at": e.at.isoformat().replace("+00:00", "Z"),
+                                    "kind": e.kind, **e.data} for e in told.entries]
+            company["commands"] = story.commands(company_id, told)
         return company
     return await db.read(work)
 

@@ -18,7 +18,7 @@ import click
 import orjson
 
 from service import oncall, outbox, queries
-from service.db import Database, utcnow, with_database
+from service.db import Database, Tx, utcnow, with_database
 from service.errors import ConfigError
 from service.logs import configure_logging
 from service.queries import BadQuery, ConnectionFilter
@@ -114,24 +114,51 @@ def status(company_id: str, as_json: bool) -> None:
         missing = ", ".join(detail.get("missing") or []) or "-"
         click.echo(f"  Bill Pay ready: {company['billPayReady']}  (checked "
                    f"{company['billPayCheckedAt'] or 'never'}; missing: {missing})")
+        for reason in company.get("whyNotReady") or []:
+            click.echo(f"    why not: {reason}")
         for c in company["dataConnections"]:
             state = "Deleted" if c["deleted"] else c["status"]
             click.echo(f"\n  Connection {c['id']}  {c['platformName'] or c['platformKey']}  "
                        f"{state} since {c['since'] or '?'}")
             for e in c["errors"]:
                 click.echo(f"    error: {e.get('statusCode')} {e.get('errorMessage')}")
-            table(c["history"], [("    recorded", "recordedAt"), ("source", "source"),
-                                 ("result", "result"), ("from", "fromState"),
-                                 ("to", "toState"), ("event", "eventType"),
-                                 ("reason", "reason")])
+        click.echo("\n  Timeline (newest first: moves, deliveries, jobs):")
+        table([_timeline_row(e) for e in company.get("timeline") or []],
+              [("    when", "at"), ("what", "what"), ("connection", "connectionId"),
+               ("detail", "detail")])
         click.echo("\n  Open follow-up jobs:")
         table(company["jobs"], [("    id", "id"), ("kind", "kind"), ("status", "status"),
                                 ("attempts", "attempts"), ("next", "nextAttemptAt"),
                                 ("last error", "lastError")])
+        click.echo("\n  Commands:")
+        for line in company.get("commands") or []:
+            click.echo(f"    {line}")
     _emit(found, as_json, render)
 
 
-_CONNECTION_COLUMNS = [("id", "id"), ("company", "companyId"), ("platform", "platformKey"),
+def _timeline_row(entry: dict[str, Any]) -> dict[str, Any]:
+    """One timeline entry as a table row: what happened, and the detail that matters."""
+    kind = entry["kind"]
+    if kind == "transition":
+        what = (f"{entry['source']} {entry['result']} {entry['fromState'] or '-'} -> "
+                f"{entry['toState']}")
+        detail = " ".join(str(x) for x in (entry["eventType"], entry["deliveryId"],
+                                           entry["reason"]) if x)
+    elif kind == "delivery":
+        what = f"delivery {entry['outcome']}"
+        detail = " ".join(str(x) for x in (entry["eventType"], entry["messageId"],
+                                           entry["error"]) if x)
+    else:
+        what = f"job {entry['kind']} {entry['status']}"
+        detail = " ".join(str(x) for x in (
+            entry["id"], f"attempts {entry['attempts']}/{entry['maxAttempts']}",
+            entry["lastError"]) if x)
+    return {"at": entry["at"], "what": what, "connectionId": entry.get("connectionId"),
+            "detail": detail}
+
+
+_CONNECTION_COLUMNS = [("id", "id"), ("company", "companyId"), ("name", "companyName"),
+                       ("platform", "platformKey"),
                        ("status", "status"), ("deleted", "deleted"),
                        ("last event", "lastEventAt"), ("updated", "updatedAt")]
 
@@ -155,8 +182,11 @@ def connections_list(status: str | None, platform: str | None, company: str | No
         filters = ConnectionFilter(status, platform, company)
     except BadQuery as exc:
         raise click.BadParameter(str(exc)) from None
-    page = _run(lambda db: db.read(lambda tx: queries.list_connections(
-        tx, filters, limit=limit, cursor=None)))
+    async def read(tx: Tx) -> dict[str, Any]:
+        page = await queries.list_connections(tx, filters, limit=limit, cursor=None)
+        await queries.with_company_names(tx, page["results"])
+        return page
+    page = _run(lambda db: db.read(read))
     _emit(page, as_json, lambda p: table(p["results"], _CONNECTION_COLUMNS))
 
 
@@ -173,13 +203,16 @@ def deliveries() -> None:
 def deliveries_list(outcome: str | None, since: str, limit: int, as_json: bool) -> None:
     """Deliveries received since a time, oldest first."""
     moment = parse_since(since)
-    rows = _run(lambda db: db.read(lambda tx: queries.list_deliveries(
-        tx, since=moment, outcome=outcome, limit=limit)))
+    async def read(tx: Tx) -> list[dict[str, Any]]:
+        found = await queries.list_deliveries(tx, since=moment, outcome=outcome, limit=limit)
+        return await queries.with_company_names(tx, found)
+    rows = _run(lambda db: db.read(read))
     for row in rows:
         row.pop("_receivedAt")
     _emit(rows, as_json, lambda r: table(r, [
         ("message id", "messageId"), ("received", "receivedAt"), ("event type", "eventType"),
-        ("company", "companyId"), ("outcome", "outcome"), ("error", "error")]))
+        ("company", "companyId"), ("name", "companyName"), ("outcome", "outcome"),
+        ("error", "error")]))
 
 
 @deliveries.command("show")
@@ -325,10 +358,14 @@ def reconcile(company_id: str | None, all_companies: bool, apply: bool, reason: 
         return report
 
     report = _run(work)
-    rows = [{"company": d.company_id, "connection": d.connection_id, "ours": d.ours,
-             "codat": d.codat, "corrected": d.applied} for d in report.drifts]
+    names = _run(lambda db: db.read(lambda tx: queries.company_names(
+        tx, [d.company_id for d in report.drifts]))) if report.drifts else {}
+    rows = [{"company": d.company_id, "name": names.get(d.company_id), "connection":
+             d.connection_id, "ours": d.ours, "codat": d.codat, "corrected": d.applied}
+            for d in report.drifts]
     _emit({"companies": report.companies, "drift": rows, "errors": report.errors}, as_json,
-          lambda _: table(rows, [("company", "company"), ("connection", "connection"),
+          lambda _: table(rows, [("company", "company"), ("name", "name"),
+                                 ("connection", "connection"),
                                  ("ours", "ours"), ("codat", "codat"),
                                  ("corrected", "corrected")]))
     for error in report.errors:
@@ -347,12 +384,14 @@ def outbox_group() -> None:
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000))
 @json_option
 def outbox_list(status: str | None, limit: int, as_json: bool) -> None:
-    rows = _run(lambda db: db.read(lambda tx: outbox.list_jobs(tx, status=status, after="",
-                                                                limit=limit)))
+    async def read(tx: Tx) -> list[dict[str, Any]]:
+        found = await outbox.list_jobs(tx, status=status, after="", limit=limit)
+        return await queries.with_company_names(tx, found)
+    rows = _run(lambda db: db.read(read))
     _emit(rows, as_json, lambda r: table(r, [
-        ("id", "id"), ("kind", "kind"), ("company", "companyId"), ("status", "status"),
-        ("attempts", "attempts"), ("next attempt", "nextAttemptAt"),
-        ("last error", "lastError")]))
+        ("id", "id"), ("kind", "kind"), ("company", "companyId"), ("name", "companyName"),
+        ("status", "status"), ("attempts", "attempts"), ("next attempt", "nextAttemptAt"),
+        ("locked by", "lockedBy"), ("last error", "lastError")]))
 
 
 @outbox_group.command("retry")

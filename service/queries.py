@@ -30,6 +30,13 @@ _CONNECTION_COLUMNS = """id, company_id, platform_key, platform_name, source_typ
     last_event_id, previous_state, version, created_at, updated_at"""
 
 
+CONNECTION_COLUMNS_OF_C = ", ".join(f"c.{c.strip()}" for c in _CONNECTION_COLUMNS.split(","))
+# What history_json reads of a connection_history row.
+HISTORY_COLUMNS = """id, connection_id, company_id, from_state, to_state, result, skipped, source,
+    event_id, event_type, delivery_id, event_time, event_key, recorded_at, reason"""
+HISTORY_COLUMNS_OF_H = ", ".join(f"h.{c.strip()}" for c in HISTORY_COLUMNS.split(","))
+
+
 def connection_json(row: Row) -> dict[str, Any]:
     return {
         "id": row["id"], "companyId": row["company_id"], "platformKey": row["platform_key"],
@@ -159,9 +166,8 @@ async def list_connections(tx: Tx, filters: ConnectionFilter, *, limit: int,
 
 # --- history, deliveries ---------------------------------------------------------------------
 
-_HISTORY = sql("""
-SELECT id, connection_id, company_id, from_state, to_state, result, skipped, source, event_id,
-    event_type, delivery_id, event_time, event_key, recorded_at, reason
+_HISTORY = sql(f"""
+SELECT {HISTORY_COLUMNS}
 FROM connection_history WHERE connection_id = $1 AND id > $2 ORDER BY id LIMIT $3""")
 
 
@@ -238,9 +244,8 @@ def parse_time(raw: str) -> datetime:
     return moment
 
 
-_RECENT_HISTORY = sql("""
-SELECT id, connection_id, company_id, from_state, to_state, result, skipped, source, event_id,
-    event_type, delivery_id, event_time, event_key, recorded_at, reason
+_RECENT_HISTORY = sql(f"""
+SELECT {HISTORY_COLUMNS}
 FROM connection_history WHERE connection_id = $1 ORDER BY id DESC LIMIT $2""")
 
 
@@ -298,3 +303,29 @@ _COMPANY_IDS = sql(
 
 async def company_ids(tx: Tx, *, after: str, limit: int) -> list[str]:
     return [r["id"] for r in await tx.fetch(_COMPANY_IDS, after, limit)]
+
+
+@cache
+def _names_sql(count: int) -> Sql:
+    marks = ", ".join(f"${n}" for n in range(1, count + 1))
+    return sql(f"SELECT id, name FROM companies WHERE id IN ({marks})")
+
+
+async def company_names(tx: Tx, company_ids: list[str | None]) -> dict[str, str | None]:
+    """The names of these companies (by primary key), for tables that show ids."""
+    wanted = sorted({c for c in company_ids if c})
+    names: dict[str, str | None] = {}
+    for start in range(0, len(wanted), 100):
+        chunk = wanted[start:start + 100]
+        for row in await tx.fetch(_names_sql(len(chunk)), *chunk):
+            names[row["id"]] = row["name"]
+    return names
+
+
+async def with_company_names(tx: Tx, rows: list[dict[str, Any]],
+                             key: str = "companyId") -> list[dict[str, Any]]:
+    """``rows``, each with ``companyName`` beside its ``key``."""
+    names = await company_names(tx, [r.get(key) for r in rows])
+    for row in rows:
+        row["companyName"] = names.get(row.get(key) or "")
+    return rows

@@ -74,7 +74,7 @@ class Receiver:
             secret_id = self._verifier.verify(body, signed)
         except ReceiverError as exc:
             reason = exc.reason if isinstance(exc, InvalidSignature) else type(exc).__name__
-            self._metrics.rejected.labels(reason).inc()
+            self._metrics.refused(reason)
             log.info("delivery refused", extra={"fields": {
                 "message_id": request.headers.get("svix-id") or request.headers.get("webhook-id"),
                 "event_id": None, "event_type": None, "company_id": None,

@@ -66,6 +66,8 @@ class Worker:
         log.info("worker started", extra={"fields": {"worker_id": self.worker_id}})
         while not stop.is_set():
             self.heartbeat = time.monotonic()
+            if self._metrics is not None:
+                self._metrics.worker_heartbeat.labels(self.worker_id).set(time.time())
             try:
                 ran = await self.run_once()
             except DatabaseUnavailable as exc:
@@ -74,6 +76,9 @@ class Worker:
             if not ran:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self._poll)
+        if self._metrics is not None:  # a stopped worker has no heartbeat to report
+            with contextlib.suppress(KeyError):
+                self._metrics.worker_heartbeat.remove(self.worker_id)
         log.info("worker stopped", extra={"fields": {"worker_id": self.worker_id}})
 
     async def release_current(self) -> None:

@@ -4,19 +4,16 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.app import build_worker, codat_client, refresh_outbox_gauges
+from service.app import Health, build_worker, codat_client, metrics_response
 from service.db import Database, open_database
-from service.errors import DatabaseUnavailable
 from service.localserver import running
 from service.metrics import Metrics
 from service.settings import Settings
@@ -32,10 +29,10 @@ def status_app(worker: Worker, db: Database, metrics: Metrics, *, stale_after: f
         return JSONResponse({"alive": status == 200, "loopAgeSeconds": round(age, 3),
                              "workerId": worker.worker_id}, status)
 
+    health = Health(db)
+
     async def metrics_endpoint(request: Request) -> Response:
-        with contextlib.suppress(DatabaseUnavailable):
-            await refresh_outbox_gauges(db, metrics)
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return await metrics_response(db, metrics, health)
 
     return Starlette(routes=[Route("/healthz", healthz), Route("/metrics", metrics_endpoint)])
 

@@ -240,7 +240,22 @@ async def test_status_shows_connections_readiness_history_and_open_jobs(service:
     assert dead["id"] in jobs_part
     assert "reconcile_connection" in jobs_part and "dead" in jobs_part
     assert "answered 403" in jobs_part
-    assert "confirm_connection" not in jobs_part  # done: not open
+    assert "confirm_connection" not in jobs_part.split("Commands:")[0]  # done: not open
+    # The company page's story, as a timeline: newest first, moves, deliveries and jobs.
+    assert "why not: bills: FetchError" in out
+    timeline = out.split("Timeline (newest first")[1].split("Open follow-up jobs:")[0]
+    lines = [line for line in timeline.splitlines()[2:] if line.strip()]
+    stamps = [line.split()[0] for line in lines]
+    assert stamps == sorted(stamps, reverse=True)
+    assert sum("delivery processed" in line for line in lines) == 4
+    assert any("webhook applied PendingAuth -> Unlinked" in line and "skipped states" in line
+               for line in lines)
+    assert any("job reconcile_connection dead" in line and dead["id"] in line
+               and "attempts 1/8" in line for line in lines)
+    assert any("job confirm_connection done" in line for line in lines)
+    commands = out.split("Commands:")[1]
+    assert f"codat-hooks reconcile --company {company}" in commands
+    assert f'codat-hooks outbox retry {dead["id"]} --apply --reason "..."' in commands
 
     data = as_json(await cli("status", company, "--json"))
     assert data["id"] == company
@@ -253,6 +268,10 @@ async def test_status_shows_connections_readiness_history_and_open_jobs(service:
         [("PendingAuth", "applied", False), ("Unlinked", "applied", True)]
     assert [(j["id"], j["kind"], j["status"]) for j in data["jobs"]] == \
         [(dead["id"], "reconcile_connection", "dead")]
+    # Four webhooks' rows, and Codat's answer to the confirm job (the refused reconcile has none).
+    assert [e["kind"] for e in data["timeline"]].count("transition") == 5
+    assert data["whyNotReady"] == [data["whyNotReady"][0]]
+    assert data["whyNotReady"][0].startswith("bills: FetchError (connection ")
 
 
 async def test_status_of_a_ready_company(service: Service, cli: Cli) -> None:
@@ -317,8 +336,9 @@ async def test_connections_list_filters_and_json(service: Service, cli: Cli) -> 
 
     out = ok(await cli("connections", "list", "--company", first)).stdout
     header = out.splitlines()[0].split()
-    assert header[:4] == ["id", "company", "platform", "status"]
-    assert any(linked in line and "Linked" in line for line in out.splitlines())
+    assert header[:5] == ["id", "company", "name", "platform", "status"]
+    assert any(linked in line and "Linked" in line and "Toft stores" in line
+               for line in out.splitlines())
     assert any(pending in line and "PendingAuth" in line and "xero" in line
                for line in out.splitlines())
     assert deauthorized not in out
@@ -354,6 +374,9 @@ async def test_deliveries_list_by_outcome_and_since(service: Service, cli: Cli) 
     assert [r["messageId"] for r in everything] == [processed, unparseable, ignored]
     assert [r["outcome"] for r in everything] == ["processed", "unparseable", "ignored"]
     assert everything[0]["companyId"] == company
+    assert [r["companyName"] for r in everything] == ["Toft stores", None, None]
+    table_out = ok(await cli("deliveries", "list")).stdout
+    assert any(processed in line and "Toft stores" in line for line in table_out.splitlines())
 
     future = (utcnow() + timedelta(hours=1)).isoformat()
     assert as_json(await cli("deliveries", "list", "--since", future, "--json")) == []
@@ -642,11 +665,12 @@ async def test_reconcile_prints_drift_then_applies_it(service: Service, codat: C
 
     out = ok(await cli("reconcile", "--company", company)).stdout
     line = next(line for line in out.splitlines() if connection in line)
-    assert line.split() == [company, connection, "Linked", "Deauthorized", "False"]
+    assert line.split() == [company, "Toft", "stores", connection, "Linked", "Deauthorized",
+                            "False"]
     report = as_json(await cli("reconcile", "--company", company, "--json"))
     assert report == {"companies": 1, "errors": [], "drift": [
-        {"company": company, "connection": connection, "ours": "Linked",
-         "codat": "Deauthorized", "corrected": False}]}
+        {"company": company, "name": "Toft stores", "connection": connection,
+         "ours": "Linked", "codat": "Deauthorized", "corrected": False}]}
     assert await service.counts() == before
     assert (await api(service, f"/v1/connections/{connection}"))["status"] == "Linked"
 
@@ -655,7 +679,8 @@ async def test_reconcile_prints_drift_then_applies_it(service: Service, codat: C
 
     report = as_json(await cli("reconcile", "--company", company, "--apply", "--reason",
                                "customer says they revoked access", "--json"))
-    assert report["drift"] == [{"company": company, "connection": connection, "ours": "Linked",
+    assert report["drift"] == [{"company": company, "name": "Toft stores",
+                                "connection": connection, "ours": "Linked",
                                 "codat": "Deauthorized", "corrected": True}]
     state = await api(service, f"/v1/connections/{connection}")
     assert state["status"] == "Deauthorized"
@@ -696,7 +721,8 @@ async def test_reconcile_apply_adds_a_connection_only_codat_knows(
     unknown = await codat.create_connection(company)
     report = as_json(await reconcile_cli("reconcile", "--company", company, "--apply",
                                          "--reason", "backfill", "--json"))
-    assert report["drift"] == [{"company": company, "connection": unknown, "ours": None,
+    assert report["drift"] == [{"company": company, "name": "Toft stores",
+                                "connection": unknown, "ours": None,
                                 "codat": "PendingAuth", "corrected": True}]
     state = await api(service, f"/v1/connections/{unknown}")
     assert (state["status"], state["platformKey"]) == ("PendingAuth", "qhyg")
@@ -781,7 +807,9 @@ async def test_outbox_list_by_status(service: Service, cli: Cli) -> None:
     assert as_json(await cli("outbox", "list", "--status", "pending", "--json")) == []
     out = ok(await cli("outbox", "list", "--status", "dead")).stdout
     for job_id in dead:
-        assert any(job_id in line and " dead " in line for line in out.splitlines())
+        assert any(job_id in line and " dead " in line and "Toft stores" in line
+                   for line in out.splitlines())
+    assert all(r["companyName"] == "Toft stores" for r in rows)
     assert len(as_json(await cli("outbox", "list", "--json"))) == 2
     fails(await cli("outbox", "list", "--status", "sleeping"), 2)
 

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
 import httpx
+import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import build_worker, create_app
+from service.recent import MinuteCounts
 from tests.conftest import Service, make_settings, start_service
-from tests.factories import SECRET_2, at, connection_body, new_id, sign
+from tests.factories import SECRET_2, at, connection_body, iso, new_id, sign
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -107,3 +114,84 @@ async def test_unmatched_paths_share_one_label(database_url: str) -> None:
     finally:
         await client.aclose()
         await lifespan.__aexit__(None, None, None)
+
+
+def rate_limit_reached(seconds: float) -> bytes:
+    expiry = datetime.now(UTC) + timedelta(seconds=seconds)
+    return orjson.dumps({
+        "id": new_id(), "eventType": "client.rateLimit.reached",
+        "generatedDate": iso(datetime.now(UTC)),
+        "payload": {"dailyQuota": 1000, "quotaRemaining": 0, "expiryDate": iso(expiry)}})
+
+
+async def test_ready_gauge_and_codats_pause_are_read_at_each_scrape(service: Service) -> None:
+    m = samples((await service.client.get("/metrics")).text)
+    assert value(m, "codat_hooks_ready") == 1
+    assert value(m, "codat_hooks_codat_paused_seconds") == 0
+    assert (await service.deliver(rate_limit_reached(600))).status_code == 200
+    m = samples((await service.client.get("/metrics")).text)
+    assert 590 < value(m, "codat_hooks_codat_paused_seconds") <= 600
+
+
+async def test_ready_gauge_is_0_while_migrations_are_behind(tmp_path: Path) -> None:
+    # A database no migration has touched: /readyz says 503, and the gauge says 0.
+    _app, lifespan, client = await start_service(make_settings(
+        f"sqlite:///{tmp_path / 'fresh.db'}"))
+    try:
+        assert (await client.get("/readyz")).status_code == 503
+        m = samples((await client.get("/metrics")).text)
+        assert ("codat_hooks_ready", frozenset()) in m
+        assert value(m, "codat_hooks_ready") == 0
+    finally:
+        await client.aclose()
+        await lifespan.__aexit__(None, None, None)
+
+
+async def test_the_worker_heartbeat_is_a_timestamp_while_it_runs_and_gone_after(
+        service: Service) -> None:
+    worker = build_worker(service.settings, service.db, service.app.state.codat,
+                          service.app.state.metrics, worker_id="w-heartbeat")
+    stop = asyncio.Event()
+    m = samples((await service.client.get("/metrics")).text)
+    assert not any(name == "codat_hooks_worker_heartbeat_timestamp_seconds" for name, _ in m)
+    task = asyncio.create_task(worker.run(stop))
+    try:
+        await asyncio.sleep(0.1)
+        before = time.time()
+        await asyncio.sleep(service.settings.worker_poll_seconds + 0.2)  # another round
+        m = samples((await service.client.get("/metrics")).text)
+        beat = value(m, "codat_hooks_worker_heartbeat_timestamp_seconds",
+                     worker_id="w-heartbeat")
+        assert before <= beat <= time.time()
+    finally:
+        stop.set()
+        await task
+    m = samples((await service.client.get("/metrics")).text)
+    assert not any(name == "codat_hooks_worker_heartbeat_timestamp_seconds" for name, _ in m)
+
+
+async def test_refusals_are_counted_per_minute_for_the_page(service: Service) -> None:
+    body = b'{"id": "x"}'
+    for _ in range(3):
+        await service.client.post("/webhooks/codat", content=body,
+                                  headers={**sign(body), "svix-signature": "v1,garbage"})
+    await service.client.post("/webhooks/codat", content=body, headers={"svix-id": "x"})
+    recent = service.app.state.metrics.recent_refusals
+    now = time.time()
+    per_minute = recent.per_minute(since=now - 120, until=now)
+    totals: dict[str, int] = {}
+    for counts in per_minute.values():
+        for reason, n in counts.items():
+            totals[reason] = totals.get(reason, 0) + n
+    assert totals == {"malformed_signature": 3, "MissingHeaders": 1}
+    assert recent.per_minute(since=now - 7200, until=now - 3600) == {}
+
+
+def test_minute_counts_forget_what_is_older_than_their_window() -> None:
+    counts = MinuteCounts(minutes=10)
+    counts.add("a", at=0)
+    counts.add("a", at=30)
+    counts.add("b", at=65)
+    assert counts.per_minute(since=0, until=120) == {0: {"a": 2}, 1: {"b": 1}}
+    counts.add("c", at=60 * 11)  # minute 11: minutes 0 and 1 are out of the window
+    assert counts.per_minute(since=0, until=60 * 12) == {11: {"c": 1}}

@@ -4,9 +4,7 @@ and the page in a real headless Chromium on a loopback port."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ from service.localserver import running
 from service.oncall_page import COOKIE
 from service.settings import Settings
 from tests.conftest import Service, make_settings
+from tests.debian import installed_or_skip
 from tests.factories import TOKEN, at, connection_body, new_id
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -244,20 +243,7 @@ def chromium() -> Path:
     """Debian's Chromium, installed with apt-get when missing and possible; else a clean skip."""
     pytest.importorskip(  # nothing to install a browser for without its driver
         "playwright.async_api", reason="playwright is in the dev extras: pip install -e .[dev]")
-    if CHROMIUM.exists():
-        return CHROMIUM
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        pytest.skip(f"{CHROMIUM} is missing and cannot be installed here (needs root and apt-get)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    try:
-        for command, timeout in ((["apt-get", "update"], 300),
-                                 (["apt-get", "install", "-y", "chromium"], 600)):
-            subprocess.run(command, check=True, capture_output=True, timeout=timeout, env=env)
-    except (OSError, subprocess.SubprocessError) as exc:
-        pytest.skip(f"{CHROMIUM} is missing and apt-get could not install it: {exc}")
-    if not CHROMIUM.exists():
-        pytest.skip(f"apt-get installed chromium, but not as {CHROMIUM}")
-    return CHROMIUM
+    return installed_or_skip(CHROMIUM, "chromium")
 
 
 @pytest.fixture
