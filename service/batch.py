@@ -109,7 +109,11 @@ WITH m AS (
     ON CONFLICT (message_id) DO NOTHING
     RETURNING message_id
 ), go AS (
+    -- Stored now, and a word not recorded before (the same event under another message id
+    -- writes nothing more, as on the row path).
     SELECT m.* FROM m WHERE m.message_id IN (SELECT message_id FROM fresh)
+        AND NOT EXISTS (SELECT 1 FROM connection_history h WHERE h.connection_id = m.id
+            AND h.event_id = m.cause_id AND h.event_type = m.cause_type)
 ), up AS (
     -- Set if newer; the row comes back as it now is, its newest version, locked.
     INSERT INTO connections AS c (id, company_id, status, deleted, deleted_at, event_key,
