@@ -34,11 +34,10 @@ def main() -> None:
                    "a separate `codat-hooks db upgrade` step runs them once for all replicas).")
 def serve(host: str, port: int, migrate: bool | None) -> None:
     """Run the receiver and query API (uvicorn, httptools, uvloop)."""
-    import uvicorn
-
     from service.app import create_app
     from service.logs import configure_logging
     from service.migrate import upgrade
+    from service.serving import serve_forever
 
     settings = _settings()
     configure_logging(settings.log_level)
@@ -48,8 +47,12 @@ def serve(host: str, port: int, migrate: bool | None) -> None:
         raise click.ClickException(str(exc)) from None
     if migrate if migrate is not None else settings.database_url.startswith("sqlite"):
         upgrade(settings.database_url)
-    uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", log_config=None,
-                access_log=False, timeout_graceful_shutdown=20, proxy_headers=True)
+    try:
+        serve_forever(app, settings.connection_limits, host=host, port=port,
+                      refusals=app.state.refusals, timeout_graceful_shutdown=20,
+                      proxy_headers=True)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()

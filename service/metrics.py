@@ -40,6 +40,13 @@ class Metrics:
         self.codat_quota_remaining = Gauge(
             "codat_hooks_codat_quota_remaining", "Codat's X-Rate-Limit-Remaining, last seen",
             registry=r)
+        self.http_refused = Counter(
+            "codat_hooks_http_refused", "Requests and connections refused by the server's own "
+            "limits (head size, deadlines, the connection cap), by reason", ["reason"],
+            registry=r)
+        self.log_suppressed = Counter(
+            "codat_hooks_log_lines_suppressed", "Log lines not written because their rate "
+            "limit was reached, by kind", ["kind"], registry=r)
         self.request_latency = Histogram(
             "codat_hooks_request_seconds", "HTTP request latency by route and status class",
             ["route", "status"], registry=r,

@@ -1,10 +1,7 @@
 """GET /oncall: one read-only HTML page for whoever is on call (no JavaScript, no assets).
 
-Auth is the query API's: a token from SERVICE_API_TOKENS, checked by :class:`TokenAuth`. A
-browser cannot send a bearer header, so ``/oncall?token=...`` is accepted once: the answer is a
-303 back to ``/oncall`` (the token leaves the address bar) that sets the token in an HttpOnly,
-SameSite=Strict cookie scoped to ``Path=/oncall``. The cookie is then checked exactly like a
-bearer header, by ``TokenAuth.allows`` (``hmac.compare_digest`` over the same token set).
+Auth is the query API's: a bearer token (read scope), or, for a browser, the session cookie
+the login form (``POST /oncall/login``) sets; see :mod:`service.sessions`.
 """
 
 from __future__ import annotations
@@ -20,12 +17,13 @@ from starlette.routing import Route
 
 from schemas.state import ConnectionStatus, State
 from service import outbox, queries
-from service.api import TokenAuth
+from service.auth import TokenAuth
 from service.db import Database, Row, Tx, as_dt, sql, utcnow
+from service.sessions import COOKIE, SESSION_SECONDS, Sessions, form_token
 
 PATH = "/oncall"
-COOKIE = "codat_hooks_oncall"
-COOKIE_MAX_AGE = 12 * 3600  # one night on call
+LOGIN_PATH = "/oncall/login"
+LOGOUT_PATH = "/oncall/logout"
 LIMIT = 50
 CONNECTIONS_LIMIT = 20
 EXCERPT_BYTES = 400
@@ -270,56 +268,54 @@ def render(s: Snapshot) -> str:
 
 
 _LOGIN = f"""<h1>codat-hooks on call: log in</h1>
-<p>This page needs one of the service's API tokens (<code>SERVICE_API_TOKENS</code>), the same
-bearer token the query API takes.</p><p>Open <code>{PATH}?token=YOUR_TOKEN</code> once, or use
-the form: the token is kept in an HttpOnly cookie for this page only and removed from the
-address.</p><form method="get" action="{PATH}"><input type="password" name="token"
-autocomplete="off" aria-label="token" required> <button>Log in</button></form>"""
+<p>This page needs one of the service's API tokens (<code>SERVICE_READ_TOKENS</code> or
+<code>SERVICE_API_TOKENS</code>), the same bearer token the query API takes. It is sent once,
+in this form; the browser then keeps a signed session (never the token) in an HttpOnly cookie
+for this page only, for {SESSION_SECONDS // 3600} hours.</p>{{note}}<form method="post"
+action="{LOGIN_PATH}"><input type="password" name="token" autocomplete="off" aria-label="token"
+required> <button>Log in</button></form>"""
 
 
 # --- auth and routes ----------------------------------------------------------------------------
 
-def _with_token(request: Request, token: str) -> Request | None:
-    """``request`` as if it carried ``Authorization: Bearer <token>``; None for junk tokens."""
-    if not token or not token.isascii() or not token.isprintable():
-        return None
-    headers = [(k, v) for k, v in request.scope["headers"] if k != b"authorization"]
-    headers.append((b"authorization", b"Bearer " + token.encode("ascii")))
-    return Request({**request.scope, "headers": headers}, request.receive)
+def _login_page(status: int, note: str = "") -> Response:
+    body = _LOGIN.replace("{note}", f'<p class="note">{_e(note)}</p>' if note else "")
+    return HTMLResponse(_document("codat-hooks on call: log in", body), status,
+                        {**_HEADERS, "WWW-Authenticate": 'Bearer realm="codat-hooks"'})
 
 
-def _unauthorized(clear_cookie: bool) -> Response:
-    response = HTMLResponse(_document("codat-hooks on call: log in", _LOGIN), 401,
-                            {**_HEADERS, "WWW-Authenticate": 'Bearer realm="codat-hooks"'})
-    if clear_cookie:
-        response.delete_cookie(COOKIE, path=PATH, httponly=True, samesite="strict")
-    return response
-
-
-def oncall_routes(db: Database, auth: TokenAuth) -> list[Route]:
-    """``GET /oncall``, behind ``auth`` (bearer header, ``?token=`` once, then a cookie)."""
+def oncall_routes(db: Database, auth: TokenAuth, sessions: Sessions) -> list[Route]:
+    """``GET /oncall`` behind a bearer token or a session cookie; ``POST /oncall/login`` (the
+    form) and ``POST /oncall/logout``."""
     async def page(request: Request) -> Response:
         return HTMLResponse(render(await db.read(read_snapshot)), headers=_HEADERS)
 
-    protected = auth.protect(page)
+    protected = auth.protect(page, also=sessions.scope_of)
 
     async def endpoint(request: Request) -> Response:
-        token = request.query_params.get("token")
-        if token is not None:
-            presented = _with_token(request, token.strip())
-            if presented is None or not auth.allows(presented):
-                return _unauthorized(clear_cookie=False)
-            response = RedirectResponse(PATH, 303, _HEADERS)  # no token in the address
-            response.set_cookie(COOKIE, token.strip(), max_age=COOKIE_MAX_AGE, path=PATH,
-                                secure=request.url.scheme == "https", httponly=True,
-                                samesite="strict")
+        if "token" in request.query_params:  # it would sit in access logs and the history
+            return _login_page(400, "A token in the address is not accepted: use this form.")
+        if auth.bearer_scope(request) is None and sessions.scope_of(request) is None:
+            response = _login_page(401)
+            if COOKIE in request.cookies:  # expired, or its token was removed
+                sessions.clear_cookie(response, request)
             return response
-        if not auth.allows(request):
-            cookie = request.cookies.get(COOKIE)
-            presented = _with_token(request, cookie) if cookie is not None else None
-            if presented is None or not auth.allows(presented):
-                return _unauthorized(clear_cookie=cookie is not None)
-            request = presented  # from here on, as if it came with the bearer header
         return await protected(request)
 
-    return [Route(PATH, endpoint, methods=["GET"])]
+    async def login(request: Request) -> Response:
+        token = await form_token(request)
+        value = sessions.issue(token) if token else None
+        if value is None:
+            return _login_page(401, "That token is not valid.")
+        response = RedirectResponse(PATH, 303, _HEADERS)
+        sessions.set_cookie(response, request, value)
+        return response
+
+    async def logout(request: Request) -> Response:
+        response = RedirectResponse(PATH, 303, _HEADERS)
+        sessions.clear_cookie(response, request)
+        return response
+
+    return [Route(PATH, endpoint, methods=["GET"]),
+            Route(LOGIN_PATH, login, methods=["POST"]),
+            Route(LOGOUT_PATH, logout, methods=["POST"])]
