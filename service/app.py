@@ -72,9 +72,9 @@ class Health:
             await self._db.read(_ping)
             current = await self._db.read(current_revision)
         except Exception as exc:  # every failure: a refused login, a timeout, a driver error
-            self._failures.log(log, "not ready: database unavailable", {
+            self._failures.log(log, "not ready: database unreachable", {
                 "error": clip(f"{type(exc).__name__}: {exc}", 500)}, level=logging.WARNING)
-            return json_response({"ready": False, "reason": "database unavailable"}, 503)
+            return json_response({"ready": False, "reason": "database unreachable"}, 503)
         if current != self._head:
             return json_response({"ready": False, "reason": "migrations are behind",
                                   "current": current, "head": self._head}, 503)
