@@ -20,10 +20,17 @@ def _settings() -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
+_SERVERS = ("serve", "worker", "sandbox", "demo")  # their output is logs, or our own styling
+
+
 @click.group()
 @click.version_option(package_name="codat-hooks")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """codat-hooks: Codat Bill Pay onboarding and connection state, kept from webhooks."""
+    if ctx.invoked_subcommand not in _SERVERS:
+        from service.terminal import guard_output
+        guard_output()  # what the on-call commands print comes from webhooks and API callers
 
 
 @main.command()

@@ -3,7 +3,7 @@
 Control characters could rewrite an on-call engineer's terminal (ESC sequences retitle and clear
 it, a carriage return overwrites what was printed) or forge log lines; an unbounded value makes
 one request write a megabyte of log. :func:`escape_controls` spells every control character out
-(``\\x1b``, ``\\u202e``) and :func:`clip` also caps the length.
+(``\\u001b``, ``\\u202e``) and :func:`clip` also caps the length.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ LOG_FIELD_LIMIT = 200
 
 
 def _spell(match: re.Match[str]) -> str:
-    code = ord(match[0])
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    # JSON's own escape: inside a JSON string (the CLI's --json) it stays valid and decodes back.
+    return f"\\u{ord(match[0]):04x}"
 
 
 def escape_controls(text: str, *, keep_layout: bool = False) -> str:
-    """``text`` with every control character written out as an escape (``\\x1b``).
+    """``text`` with every control character written out as an escape (``\\u001b``).
 
     ``keep_layout`` leaves newlines and tabs alone (multi-line output); it still escapes a
     carriage return, which can overwrite what is already on the line.
