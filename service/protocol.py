@@ -168,7 +168,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if self._over_cap:
             self.cycle.keep_alive = False  # one answer, then the connection goes
-        if not self.cycle.response_complete:
+        if not self.pipeline:  # a queued request's body is read (and timed) when it starts
             self._arm(self.limits.body_timeout, self._body_timed_out)
 
     def on_message_complete(self) -> None:
@@ -176,6 +176,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_timer()
         self._in_head = True
         self._head_bytes = 0
+
+    def on_response_complete(self) -> None:
+        queued = len(self.pipeline)
+        super().on_response_complete()
+        if len(self.pipeline) < queued and self.cycle.more_body and self._timer is None:
+            self._arm(self.limits.body_timeout, self._body_timed_out)  # it starts now
 
     # --- deadlines and refusals --------------------------------------------------------------
 
@@ -198,9 +204,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _body_timed_out(self) -> None:
         self._timer = None
-        if self.pipeline or self.cycle is None or self.cycle.response_started:
-            # Queued behind another request, or answered already: nowhere to put a 408.
-            self._close_without_answer("body timeout")
+        if self.cycle is None or self.cycle.response_started:
+            self._close_without_answer("body timeout")  # answered already: no room for a 408
             return
         self._refuse(408, "body timeout")
 
@@ -217,6 +222,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, status: int, reason: str) -> None:
         if self._refusing or self.transport.is_closing():
+            return
+        if self.cycle is not None and self.cycle.response_started \
+                and not self.cycle.response_complete:
+            self._close_without_answer(reason)  # an answer is being written: no room for ours
             return
         self._refusing = True
         self._cancel_timer()
