@@ -83,9 +83,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._timer: asyncio.TimerHandle | None = None
         self._in_head = True  # the bytes arriving belong to a request head
-        self._head_bytes = 0  # bytes received since the head began (raw, before parsing)
-        self._head_size = 0  # request line and headers as parsed
-        self._header_count = 0
+        self._head_begun = False  # a head has begun and is not complete
+        self._head_bytes = 0  # bytes received since the last request ended (raw)
+        self._body_pending = False  # a body is under way (its deadline applies)
         self._over_cap = False
         self._refusing = False  # answered a refusal: dropping what still arrives, then closing
 
@@ -113,10 +113,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return  # answered already: read and drop until the linger ends
         self._unset_keepalive_if_required()
         if self._in_head:
-            if self._timer is None:
-                deadline = self.limits.head_timeout
-                self._arm(min(deadline, OVER_CAP_GRACE) if self._over_cap else deadline,
-                          self._head_timed_out)
             self._head_bytes += len(data)
         try:
             self.parser.feed_data(data)
@@ -129,52 +125,57 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             else:
                 self._refuse(400, "malformed request")
             return
-        if self._in_head and self._head_bytes > MAX_HEAD:
-            self._refuse(431, "request head too large")
+        # Deadlines are armed only for what is still incomplete after this chunk: a request
+        # that arrives whole (the usual case) costs no timer. The clock starts at its first
+        # byte all the same: this chunk carried it.
+        if self._in_head:
+            if self._head_bytes > MAX_HEAD:  # memory stays flat: checked as bytes arrive
+                self._refuse(431, "request head too large")
+            elif self._head_begun and self._timer is None:
+                deadline = self.limits.head_timeout
+                self._arm(min(deadline, OVER_CAP_GRACE) if self._over_cap else deadline,
+                          self._head_timed_out)
+        elif self._body_pending and self._timer is None:
+            self._arm(self.limits.body_timeout, self._body_timed_out)
 
     # --- parser callbacks --------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._head_size = 0
-        self._header_count = 0
-
-    def on_url(self, url: bytes) -> None:
-        super().on_url(url)
-        if len(self.url) > MAX_REQUEST_LINE:
-            raise _Refused(400, "request line too long")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        super().on_header(name, value)
-        size = len(name) + len(value)
-        self._header_count += 1
-        self._head_size += size + 4
-        if size + 2 > MAX_HEADER:
-            raise _Refused(431, "header too large")
-        if self._header_count > MAX_HEADERS:
-            raise _Refused(431, "too many headers")
-        if self._head_size + len(self.url) > MAX_HEAD:
-            raise _Refused(431, "request head too large")
+        self._head_begun = True
 
     def on_headers_complete(self) -> None:
         self._cancel_timer()
-        self._in_head = False
-        probe = False
-        if self._over_cap:
-            probe = httptools.parse_url(self.url).path in PROBES
-            if not probe:
-                self._report("over connection cap", 503)
-                self.app = _over_capacity
+        self._check_head()
+        self._in_head = self._head_begun = False
+        if self._over_cap and httptools.parse_url(self.url).path not in PROBES:
+            self._report("over connection cap", 503)
+            self.app = _over_capacity
         super().on_headers_complete()
         if self._over_cap:
             self.cycle.keep_alive = False  # one answer, then the connection goes
-        if not self.pipeline:  # a queued request's body is read (and timed) when it starts
-            self._arm(self.limits.body_timeout, self._body_timed_out)
+        self._body_pending = not self.pipeline  # a queued request is timed when it starts
+
+    def _check_head(self) -> None:
+        """The head's limits (its size in memory is bounded meanwhile by MAX_HEAD bytes)."""
+        if len(self.url) > MAX_REQUEST_LINE:
+            raise _Refused(400, "request line too long")
+        if len(self.headers) > MAX_HEADERS:
+            raise _Refused(431, "too many headers")
+        size = len(self.url)
+        for name, value in self.headers:
+            field = len(name) + len(value)
+            if field + 2 > MAX_HEADER:
+                raise _Refused(431, "header too large")
+            size += field + 4
+        if size > MAX_HEAD:
+            raise _Refused(431, "request head too large")
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._cancel_timer()
         self._in_head = True
+        self._body_pending = False
         self._head_bytes = 0
 
     def on_response_complete(self) -> None:
