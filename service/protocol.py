@@ -6,8 +6,9 @@ connection that trickles its head or body, or sends nothing, stayed open for goo
 subclass adds, per connection:
 
 - the head: the request line at most 8 KiB (400), a header at most 8 KiB, at most 100 headers,
-  the whole head at most 64 KiB (431): gunicorn's defaults, checked as bytes arrive, so memory
-  stays flat whatever is sent;
+  the whole head at most 64 KiB (431): gunicorn's defaults. Its bytes are counted as they
+  arrive (past 64 KiB it is refused at once, so memory stays flat whatever is sent) and the
+  rest is checked when it is complete, before the app sees it;
 - deadlines: the whole head within ``head_timeout`` of its first byte, the body within
   ``body_timeout`` of the head (408); a connection with no request under way is closed after
   ``idle_timeout``, from the moment it is accepted;
