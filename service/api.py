@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -12,12 +10,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service import outbox, queries
+from service.auth import Endpoint as Endpoint
+from service.auth import TokenAuth as TokenAuth
 from service.db import Database
-from service.errors import DatabaseUnavailable
 from service.outbox import JobStatus
 from service.queries import BadQuery, ConnectionFilter
-
-Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None,
@@ -27,33 +24,6 @@ def json_response(content: Any, status: int = 200, headers: dict[str, str] | Non
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     return json_response({"statusCode": status, "error": message}, status, headers)
-
-
-class TokenAuth:
-    """Checks ``Authorization: Bearer <token>`` against SERVICE_API_TOKENS in constant time."""
-
-    def __init__(self, tokens: frozenset[str]) -> None:
-        self._tokens = tuple(t.encode() for t in tokens)
-
-    def allows(self, request: Request) -> bool:
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return False
-        presented = token.strip().encode()
-        return any(hmac.compare_digest(presented, known) for known in self._tokens)
-
-    def protect(self, endpoint: Endpoint) -> Endpoint:
-        async def guarded(request: Request) -> Response:
-            if not self.allows(request):
-                return error(401, "a valid bearer token is required",
-                             {"WWW-Authenticate": 'Bearer realm="codat-hooks"'})
-            try:
-                return await endpoint(request)
-            except BadQuery as exc:
-                return error(400, str(exc))
-            except DatabaseUnavailable:
-                return error(503, "database unavailable, retry later", {"Retry-After": "5"})
-        return guarded
 
 
 class QueryApi:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -17,27 +18,31 @@ import httpx
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from schemas.platforms import BillPayMode
 from service import outbox
-from service.api import QueryApi, TokenAuth, json_response
+from service.api import QueryApi, json_response
+from service.auth import TokenAuth
 from service.codat import CodatClient
 from service.db import Database, Tx, open_database, sql, utcnow
-from service.errors import DatabaseUnavailable
 from service.followups import FollowUps
 from service.logs import get_logger
 from service.metrics import Metrics
 from service.migrate import current_revision, head_revision
 from service.onboarding import OnboardingApi
+from service.oncall_html import PATH as ONCALL_PATH
 from service.oncall_page import oncall_routes
 from service.openapi import openapi_document
 from service.outbox import RetryPolicy
 from service.receiver import Receiver
+from service.refusals import RefusalLog
+from service.sessions import Sessions
 from service.settings import Settings, load_settings
 from service.timing import RequestTiming
+from service.untrusted import clip
 from service.verify import Verifier
 from service.worker import Worker
 
@@ -50,11 +55,15 @@ async def _ping(tx: Tx) -> Any:
 
 
 class Health:
-    """/healthz (the process answers) and /readyz (database reachable, migrations current)."""
+    """/healthz (the process answers) and /readyz (database reachable, migrations current).
 
-    def __init__(self, db: Database) -> None:
+    Anyone can call /readyz: whatever goes wrong with the database, the answer says only that it
+    is unavailable; what the driver said goes to the log (at a bounded rate)."""
+
+    def __init__(self, db: Database, failures: RefusalLog) -> None:
         self._db = db
         self._head = head_revision()
+        self._failures = failures
 
     async def healthz(self, request: Request) -> Response:
         return json_response({"status": "ok"})
@@ -64,8 +73,10 @@ class Health:
         try:
             await self._db.read(_ping)
             current = await self._db.read(current_revision)
-        except DatabaseUnavailable as exc:
-            return {"ready": False, "reason": f"database unreachable: {exc}"}
+        except Exception as exc:  # every failure: a refused login, a timeout, a driver error
+            self._failures.log(log, "not ready: database unreachable", {
+                "error": clip(f"{type(exc).__name__}: {exc}", 500)}, level=logging.WARNING)
+            return {"ready": False, "reason": "database unreachable"}
         if current != self._head:
             return {"ready": False, "reason": "migrations are behind", "current": current,
                     "head": self._head}
@@ -111,7 +122,7 @@ async def refresh_gauges(db: Database, metrics: Metrics, health: Health) -> None
     async def read(tx: Tx) -> tuple[dict[str, int], datetime | None, datetime | None]:
         by_status, oldest_due = await outbox.counts(tx, now=now)
         return by_status, oldest_due, await outbox.paused_until(tx)
-    with contextlib.suppress(DatabaseUnavailable):
+    with contextlib.suppress(Exception):  # whatever the database says: the last values stay
         by_status, oldest_due, paused = await db.read(read)
         for status, count in by_status.items():
             metrics.outbox_jobs.labels(status).set(count)
@@ -139,13 +150,16 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
                                    write_partitions=settings.db_write_partitions)
     metrics = Metrics()
     client = codat_client(settings, metrics, codat_transport)
-    receiver = Receiver(db=database, verifier=verifier, metrics=metrics,
+    refusals = RefusalLog(metrics)
+    receiver = Receiver(db=database, verifier=verifier, metrics=metrics, refusals=refusals,
                         max_body_bytes=settings.webhook_max_body_bytes,
                         retry_after_seconds=settings.db_retry_after_seconds)
-    auth = TokenAuth(settings.api_tokens)
-    if not settings.api_tokens:
-        log.warning("SERVICE_API_TOKENS is empty: every query API call will be refused")
-    health = Health(database)
+    auth = TokenAuth(settings.api_tokens, settings.read_tokens)
+    if not auth.configured:
+        log.warning("SERVICE_API_TOKENS and SERVICE_READ_TOKENS are empty: every query API "
+                    "call will be refused")
+    sessions = Sessions(auth, path=ONCALL_PATH, behind_tls=settings.service_behind_tls)
+    health = Health(database, RefusalLog(metrics, kind="readiness"))
 
     async def metrics_endpoint(request: Request) -> Response:
         return await metrics_response(database, metrics, health)
@@ -177,15 +191,23 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
         *QueryApi(database).routes(auth),
         *OnboardingApi(db=database, client=client,
                        mode=BillPayMode(settings.bill_pay_mode)).routes(auth),
-        *oncall_routes(database, auth, metrics.recent_refusals),
+        *oncall_routes(database, auth, sessions, metrics.recent_refusals),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
-                    middleware=[Middleware(RequestTiming, metrics=metrics)])
+                    middleware=[Middleware(RequestTiming, metrics=metrics)],
+                    exception_handlers={ClientDisconnect: _client_gone})
     app.state.settings = settings
+    app.state.refusals = refusals
     app.state.db = database
     app.state.metrics = metrics
     app.state.codat = client
     return app
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """The client left (or was cut off for being too slow) before its body arrived: there is
+    no one to answer, and nothing to log as an error."""
+    return Response(status_code=400)
 
 
 async def _drain_worker(task: asyncio.Task[None], worker: Worker, grace: float) -> None:

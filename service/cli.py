@@ -20,10 +20,17 @@ def _settings() -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
+_SERVERS = ("serve", "worker", "sandbox", "demo")  # their output is logs, or our own styling
+
+
 @click.group()
 @click.version_option(package_name="codat-hooks")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """codat-hooks: Codat Bill Pay onboarding and connection state, kept from webhooks."""
+    if ctx.invoked_subcommand not in _SERVERS:
+        from service.terminal import guard_output
+        guard_output()  # what the on-call commands print comes from webhooks and API callers
 
 
 @main.command()
@@ -34,11 +41,10 @@ def main() -> None:
                    "a separate `codat-hooks db upgrade` step runs them once for all replicas).")
 def serve(host: str, port: int, migrate: bool | None) -> None:
     """Run the receiver and query API (uvicorn, httptools, uvloop)."""
-    import uvicorn
-
     from service.app import create_app
     from service.logs import configure_logging
     from service.migrate import upgrade
+    from service.serving import serve_forever
 
     settings = _settings()
     configure_logging(settings.log_level)
@@ -48,8 +54,12 @@ def serve(host: str, port: int, migrate: bool | None) -> None:
         raise click.ClickException(str(exc)) from None
     if migrate if migrate is not None else settings.database_url.startswith("sqlite"):
         upgrade(settings.database_url)
-    uvicorn.run(app, host=host, port=port, loop="uvloop", http="httptools", log_config=None,
-                access_log=False, timeout_graceful_shutdown=20, proxy_headers=True)
+    try:
+        serve_forever(app, settings.connection_limits, host=host, port=port,
+                      refusals=app.state.refusals, timeout_graceful_shutdown=20,
+                      proxy_headers=True)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()

@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel, ConfigDict
@@ -218,7 +219,8 @@ class CodatClient:
         return Company.model_validate(response.json())
 
     async def get_company(self, company_id: str) -> Company:
-        response = await self.request("GET", f"/companies/{company_id}", endpoint="get-company")
+        response = await self.request("GET", f"/companies/{_seg(company_id)}",
+                                      endpoint="get-company")
         return Company.model_validate(response.json())
 
     async def iter_companies(self, *, page_size: int = 500) -> AsyncIterator[Company]:
@@ -228,24 +230,25 @@ class CodatClient:
     async def create_connection(self, company_id: str, *, platform_key: str,
                                 idempotency_key: str) -> Connection:
         response = await self.request(
-            "POST", f"/companies/{company_id}/connections", endpoint="create-connection",
+            "POST", f"/companies/{_seg(company_id)}/connections", endpoint="create-connection",
             json={"platformKey": platform_key}, idempotency_key=idempotency_key)
         return Connection.model_validate(response.json())
 
     async def get_connection(self, company_id: str, connection_id: str) -> Connection:
         response = await self.request(
-            "GET", f"/companies/{company_id}/connections/{connection_id}",
+            "GET", f"/companies/{_seg(company_id)}/connections/{_seg(connection_id)}",
             endpoint="get-connection")
         return Connection.model_validate(response.json())
 
     async def list_connections(self, company_id: str) -> list[Connection]:
         return [Connection.model_validate(item) async for item in
-                self._pages(f"/companies/{company_id}/connections", "list-connections", 500)]
+                self._pages(f"/companies/{_seg(company_id)}/connections", "list-connections",
+                            500)]
 
     async def unlink_connection(self, company_id: str, connection_id: str, *,
                                 idempotency_key: str) -> Connection:
         response = await self.request(
-            "PATCH", f"/companies/{company_id}/connections/{connection_id}",
+            "PATCH", f"/companies/{_seg(company_id)}/connections/{_seg(connection_id)}",
             endpoint="unlink-connection", json={"status": "Unlinked"},
             idempotency_key=idempotency_key)
         return Connection.model_validate(response.json())
@@ -255,27 +258,28 @@ class CodatClient:
     async def refresh_data_type(self, company_id: str, data_type: str, *, connection_id: str,
                                 idempotency_key: str) -> PullOperation:
         response = await self.request(
-            "POST", f"/companies/{company_id}/data/queue/{data_type}",
+            "POST", f"/companies/{_seg(company_id)}/data/queue/{_seg(data_type)}",
             endpoint="refresh-data-type", params={"connectionId": connection_id},
             idempotency_key=idempotency_key)
         return PullOperation.model_validate(response.json())
 
     async def data_status(self, company_id: str) -> dict[str, DataStatus]:
-        response = await self.request("GET", f"/companies/{company_id}/dataStatus",
+        response = await self.request("GET", f"/companies/{_seg(company_id)}/dataStatus",
                                       endpoint="get-data-status")
         return {key: DataStatus.model_validate(value) for key, value in response.json().items()}
 
     async def company_information(self, company_id: str, connection_id: str,
                                   ) -> CompanyInformation:
         response = await self.request(
-            "GET", f"/companies/{company_id}/connections/{connection_id}/payables/info",
+            "GET",
+            f"/companies/{_seg(company_id)}/connections/{_seg(connection_id)}/payables/info",
             endpoint="get-company-information")
         return CompanyInformation.model_validate(response.json())
 
     async def payment_bank_accounts(self, company_id: str, connection_id: str,
                                     ) -> list[BankAccountOption]:
         """The bank accounts bills can be paid from (sync Bill Pay's payment mapping options)."""
-        path = (f"/companies/{company_id}/connections/{connection_id}"
+        path = (f"/companies/{_seg(company_id)}/connections/{_seg(connection_id)}"
                 "/payables/mappingOptions/payments")
         accounts: list[BankAccountOption] = []
         token: str | None = None
@@ -301,6 +305,15 @@ class CodatClient:
             if not (document.get("_links") or {}).get("next"):
                 return
             page += 1
+
+
+def _seg(value: str) -> str:
+    """One path segment, percent-encoded: an id can never add a query, a fragment or another
+    segment to the URL our API key is sent to. ``.`` and ``..`` (which a URL resolves, and no
+    encoding hides) and the empty segment are refused."""
+    if value in ("", ".", ".."):
+        raise ValueError(f"{value!r} is not a Codat id")
+    return quote(value, safe="")
 
 
 def _error(endpoint: str, response: httpx.Response) -> CodatError:

@@ -43,6 +43,7 @@ import orjson
 
 from service.errors import Contended, DatabaseUnavailable
 from service.logs import get_logger
+from service.private_files import make_private
 
 T = TypeVar("T")
 log = get_logger("db")
@@ -267,6 +268,7 @@ class SqliteDatabase(Database):
         return conn
 
     async def start(self) -> None:
+        make_private(self.path)  # it holds raw webhook bodies: 0600, with its -wal and -shm
         conn = self._connect()  # fails here, loudly, if the file cannot be opened
         self._writer = threading.Thread(target=self._write_loop, args=(conn,),
                                         name="sqlite-writer", daemon=True)

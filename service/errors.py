@@ -4,6 +4,7 @@ ConfigError              a setting is missing or malformed (start-up stops)
 ReceiverError            a delivery is refused before anything is stored
   ├─ PayloadTooLarge     413
   ├─ MissingHeaders      400
+  ├─ ClientGone          400 (the client left before its body arrived; no one hears it)
   └─ InvalidSignature    401
 DatabaseUnavailable      the database cannot be written now (503 with Retry-After)
 Contended                another transaction got there first; nothing written, run it again
@@ -26,6 +27,12 @@ class PayloadTooLarge(ReceiverError):
     """The body is larger than WEBHOOK_MAX_BODY_BYTES."""
 
     status_code = 413
+
+
+class ClientGone(ReceiverError):
+    """The client disconnected (or was cut off for being too slow) before its body arrived."""
+
+    status_code = 400
 
 
 class MissingHeaders(ReceiverError):

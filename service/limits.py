@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from service.errors import PayloadTooLarge
+from service.errors import ClientGone, PayloadTooLarge
 
 
 def check_declared_length(request: Request, limit: int) -> None:
@@ -19,9 +19,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     check_declared_length(request, limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body is larger than {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"body is larger than {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientGone("the client went away before its body arrived") from None
     return b"".join(chunks)

@@ -10,6 +10,9 @@ from typing import Any
 
 import uvicorn
 
+from service.protocol import ConnectionLimits
+from service.serving import fit_limits, server_config
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free now, for a child process to bind (in-process servers use listening_socket)."""
@@ -38,11 +41,17 @@ def url_of(sock: socket.socket) -> str:
 
 @asynccontextmanager
 async def running(app: Any, *, host: str = "127.0.0.1", port: int = 0,
-                  sock: socket.socket | None = None) -> AsyncIterator[str]:
-    """Serve ``app`` (lifespan included) until the block ends; yields its base URL."""
+                  sock: socket.socket | None = None,
+                  limits: ConnectionLimits | None = None) -> AsyncIterator[str]:
+    """Serve ``app`` (lifespan included) until the block ends; yields its base URL. Our own app
+    is served with its settings' connection limits, as ``codat-hooks serve`` does."""
     sock = sock or listening_socket(host, port)
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
-                            http="httptools", timeout_graceful_shutdown=5)
+    state = getattr(app, "state", None)
+    settings = getattr(state, "settings", None)
+    if limits is None:
+        limits = settings.connection_limits if settings is not None else ConnectionLimits()
+    config = server_config(app, fit_limits(limits), refusals=getattr(state, "refusals", None),
+                           timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:

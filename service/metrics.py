@@ -64,6 +64,13 @@ class Metrics:
         self.codat_paused = Gauge(
             "codat_hooks_codat_paused_seconds", "Seconds until Codat's rate-limit pause ends "
             "(0: not paused); every Codat call waits for it", registry=r)
+        self.http_refused = Counter(
+            "codat_hooks_http_refused", "Requests and connections refused by the server's own "
+            "limits (head size, deadlines, the connection cap), by reason", ["reason"],
+            registry=r)
+        self.log_suppressed = Counter(
+            "codat_hooks_log_lines_suppressed", "Log lines not written because their rate "
+            "limit was reached, by kind", ["kind"], registry=r)
         self.request_latency = Histogram(
             "codat_hooks_request_seconds", "HTTP request latency by route and status class",
             ["route", "status"], registry=r,

@@ -8,7 +8,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from service.db import Tx, sql
+from service.db import Tx, sql, sqlite_path
+from service.private_files import make_private
 
 _SCRIPTS = Path(__file__).parent / "migrations"
 _CURRENT = sql("SELECT version_num FROM alembic_version")
@@ -31,6 +32,8 @@ def alembic_config(url: str) -> Config:
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Apply migrations up to ``revision`` (blocking; run it before the event loop starts)."""
+    if url.startswith("sqlite"):
+        make_private(sqlite_path(url))  # before SQLAlchemy creates it with the umask's mode
     command.upgrade(alembic_config(url), revision)
 
 

@@ -13,10 +13,17 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -26,7 +33,8 @@ from schemas.events import CompanyInfo
 from schemas.platforms import PLATFORM_NAMES, SUPPORTED_PLATFORMS, BillPayMode
 from schemas.state import Source, State
 from service import outbox, queries, store
-from service.api import TokenAuth, error, json_response
+from service.api import error, json_response
+from service.auth import Scope, TokenAuth
 from service.codat import (
     CodatClient,
     CodatError,
@@ -36,16 +44,29 @@ from service.codat import (
     Connection,
 )
 from service.db import Database, Tx, as_dt, sql, utcnow
+from service.edge import storable
 from service.errors import PayloadTooLarge
 from service.followups import codat_word
 from service.limits import read_body
 
 STALE_IN_PROGRESS = timedelta(minutes=5)  # a first attempt that died mid-way can be retried
 MAX_BODY_BYTES = 64 * 1024
+MAX_IDEMPOTENCY_KEY = 255
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _storable(self) -> Self:
+        # Refused here, before Codat is called: nothing half-done is left behind.
+        for name, value in self:
+            texts = [value] if isinstance(value, str) else \
+                [*value.keys(), *value.values()] if isinstance(value, dict) else []
+            if not all(storable(text) for text in texts):
+                raise ValueError(f"{name}: contains a character that cannot be stored "
+                                 "(NUL or a lone surrogate)")
+        return self
 
 
 class NewCompany(_Body):
@@ -138,11 +159,12 @@ class OnboardingApi:
 
     def routes(self, auth: TokenAuth) -> list[Route]:
         return [
-            Route("/v1/companies", auth.protect(self.create_company), methods=["POST"]),
-            Route("/v1/companies/{company_id}/connections", auth.protect(self.create_connection),
+            Route("/v1/companies", auth.protect(self.create_company, Scope.WRITE),
                   methods=["POST"]),
+            Route("/v1/companies/{company_id}/connections",
+                  auth.protect(self.create_connection, Scope.WRITE), methods=["POST"]),
             Route("/v1/companies/{company_id}/connections/{connection_id}/unlink",
-                  auth.protect(self.unlink), methods=["POST"]),
+                  auth.protect(self.unlink, Scope.WRITE), methods=["POST"]),
         ]
 
     # --- endpoints ----------------------------------------------------------------------------
@@ -237,6 +259,10 @@ class OnboardingApi:
             return error(503, f"Codat's rate limit is reached until {paused.isoformat()}",
                          {"Retry-After": str(wait)})
         caller_key = request.headers.get("idempotency-key")
+        if caller_key is not None and not (0 < len(caller_key) <= MAX_IDEMPOTENCY_KEY
+                                           and caller_key.isprintable()):
+            return error(422, f"Idempotency-Key: 1 to {MAX_IDEMPOTENCY_KEY} printable "
+                              "characters")
         key = None
         codat_key = uuid.uuid4().hex
         if caller_key:

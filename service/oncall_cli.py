@@ -23,6 +23,7 @@ from service.errors import ConfigError
 from service.logs import configure_logging
 from service.queries import BadQuery, ConnectionFilter
 from service.settings import Settings, load_settings
+from service.terminal import unguarded
 
 T = TypeVar("T")
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
@@ -250,7 +251,8 @@ def deliveries_show(message_id: str, as_json: bool) -> None:
 
 
 def _progress(label: str, items: Any) -> Any:
-    return click.progressbar(items, label=label, file=sys.stderr) if sys.stderr.isatty() \
+    return click.progressbar(items, label=label, file=unguarded(sys.stderr)) \
+        if sys.stderr.isatty() \
         else _nullbar(items)
 
 
@@ -439,7 +441,7 @@ def prune(older_than: str, keep_dedupe: str, reason: str | None, apply: bool,
                                               who=oncall.actor(), why=reason or ""):
             totals[what] += count
             if sys.stderr.isatty():
-                click.echo(f"\r{what}: {totals[what]}", nl=False, err=True)
+                click.echo(f"\r{what}: {totals[what]}", nl=False, file=unguarded(sys.stderr))
         return totals
 
     totals = _run(work)

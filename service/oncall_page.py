@@ -3,12 +3,9 @@
 The pages: the home page (:mod:`service.oncall_home`), the search and the long lists
 (:mod:`service.oncall_browse`), a company's story and a delivery (:mod:`service.oncall_company`).
 
-Auth is the query API's: a token from SERVICE_API_TOKENS, checked by :class:`TokenAuth`. A
-browser cannot send a bearer header, so ``?token=...`` is accepted once: the answer is a 303
-back to the same page (the token leaves the address bar) that sets the token in an HttpOnly,
-SameSite=Strict cookie scoped to ``Path=/oncall``. The cookie is then checked exactly like a
-bearer header, by ``TokenAuth.allows`` (``hmac.compare_digest`` over the same token set). The
-login (what follows ``_LOGIN``) is all in this module.
+Auth is the query API's: a bearer token (read scope), or, for a browser, the signed session
+cookie the login form (``POST /oncall/login``) sets; see :mod:`service.sessions`. A token in
+the address is refused: it would sit in access logs and the browser's history.
 """
 
 from __future__ import annotations
@@ -21,15 +18,16 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from service import oncall_browse, oncall_company, oncall_home, oncall_lists, search, story
-from service.api import TokenAuth
+from service.auth import TokenAuth
 from service.db import Database, Tx
 from service.errors import DatabaseUnavailable
 from service.oncall_html import PATH, document, esc
 from service.queries import BadQuery
 from service.recent import MinuteCounts
+from service.sessions import COOKIE, SESSION_SECONDS, Sessions, form_token
 
-COOKIE = "codat_hooks_oncall"
-COOKIE_MAX_AGE = 12 * 3600  # one night on call
+LOGIN_PATH = f"{PATH}/login"
+LOGOUT_PATH = f"{PATH}/logout"
 _HEADERS = {  # no script may run, nothing may frame the page, nothing is cached or leaked
     "Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
@@ -40,58 +38,54 @@ _HEADERS = {  # no script may run, nothing may frame the page, nothing is cached
 # --- auth -----------------------------------------------------------------------------------------
 
 _LOGIN = f"""<h1>codat-hooks on call: log in</h1>
-<p>This page needs one of the service's API tokens (<code>SERVICE_API_TOKENS</code>), the same
-bearer token the query API takes.</p><p>Open <code>{PATH}?token=YOUR_TOKEN</code> once, or use
-the form: the token is kept in an HttpOnly cookie for this page only and removed from the
-address.</p><form method="get" action="{PATH}"><input type="password" name="token"
-autocomplete="off" aria-label="token" required> <button>Log in</button></form>"""
+<p>This page needs one of the service's API tokens (<code>SERVICE_READ_TOKENS</code> or
+<code>SERVICE_API_TOKENS</code>), the same bearer token the query API takes. It is sent once,
+in this form; the browser then keeps a signed session (never the token) in an HttpOnly cookie
+for these pages only, for {SESSION_SECONDS // 3600} hours.</p>{{note}}<form method="post"
+action="{LOGIN_PATH}"><input type="password" name="token" autocomplete="off" aria-label="token"
+required> <button>Log in</button></form>"""
 
 
-def _login_page() -> str:
-    return document("codat-hooks on call: log in", _LOGIN, header=False)
-
-
-def _with_token(request: Request, token: str) -> Request | None:
-    """``request`` as if it carried ``Authorization: Bearer <token>``; None for junk tokens."""
-    if not token or not token.isascii() or not token.isprintable():
-        return None
-    headers = [(k, v) for k, v in request.scope["headers"] if k != b"authorization"]
-    headers.append((b"authorization", b"Bearer " + token.encode("ascii")))
-    return Request({**request.scope, "headers": headers}, request.receive)
-
-
-def _unauthorized(clear_cookie: bool) -> Response:
-    response = HTMLResponse(_login_page(), 401,
-                            {**_HEADERS, "WWW-Authenticate": 'Bearer realm="codat-hooks"'})
-    if clear_cookie:
-        response.delete_cookie(COOKIE, path=PATH, httponly=True, samesite="strict")
-    return response
+def _login_page(status: int, note: str = "") -> Response:
+    body = _LOGIN.replace("{note}", f'<p class="note">{esc(note)}</p>' if note else "")
+    return HTMLResponse(document("codat-hooks on call: log in", body, header=False), status,
+                        {**_HEADERS, "WWW-Authenticate": 'Bearer realm="codat-hooks"'})
 
 
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _guarded(auth: TokenAuth, handler: Handler) -> Handler:
-    """``handler`` behind ``auth``: a bearer header; or ``?token=`` once (a 303 to the same
-    address without it, setting the cookie); or the cookie, checked like a bearer header."""
+def _guarded(auth: TokenAuth, sessions: Sessions, handler: Handler) -> Handler:
+    """``handler`` behind a read-scope bearer token or a session cookie."""
     async def endpoint(request: Request) -> Response:
-        token = request.query_params.get("token")
-        if token is not None:
-            presented = _with_token(request, token.strip())
-            if presented is None or not auth.allows(presented):
-                return _unauthorized(clear_cookie=False)
-            response = RedirectResponse(request.url.path, 303, _HEADERS)  # no token in it
-            response.set_cookie(COOKIE, token.strip(), max_age=COOKIE_MAX_AGE, path=PATH,
-                                secure=request.url.scheme == "https", httponly=True,
-                                samesite="strict")
+        if "token" in request.query_params:  # it would sit in access logs and the history
+            return _login_page(400, "A token in the address is not accepted: use this form.")
+        if auth.bearer_scope(request) is None and sessions.scope_of(request) is None:
+            response = _login_page(401)
+            if COOKIE in request.cookies:  # expired, or its token was removed
+                sessions.clear_cookie(response, request)
             return response
-        if not auth.allows(request):
-            cookie = request.cookies.get(COOKIE)
-            presented = _with_token(request, cookie) if cookie is not None else None
-            if presented is None or not auth.allows(presented):
-                return _unauthorized(clear_cookie=cookie is not None)
         return await _answered(handler, request)
     return endpoint
+
+
+def _session_routes(sessions: Sessions) -> list[Route]:
+    async def login(request: Request) -> Response:
+        token = await form_token(request)
+        value = sessions.issue(token) if token else None
+        if value is None:
+            return _login_page(401, "That token is not valid.")
+        response = RedirectResponse(PATH, 303, _HEADERS)
+        sessions.set_cookie(response, request, value)
+        return response
+
+    async def logout(request: Request) -> Response:
+        response = RedirectResponse(PATH, 303, _HEADERS)
+        sessions.clear_cookie(response, request)
+        return response
+
+    return [Route(LOGIN_PATH, login, methods=["POST"]),
+            Route(LOGOUT_PATH, logout, methods=["POST"])]
 
 
 # --- pages ----------------------------------------------------------------------------------------
@@ -169,10 +163,10 @@ class OncallPages:
         return page
 
 
-def oncall_routes(db: Database, auth: TokenAuth, recent: MinuteCounts | None = None,
-                  ) -> list[Route]:
-    """``GET /oncall`` and its pages, behind ``auth`` (bearer header, ``?token=`` once, then a
-    cookie)."""
+def oncall_routes(db: Database, auth: TokenAuth, sessions: Sessions,
+                  recent: MinuteCounts | None = None) -> list[Route]:
+    """``GET /oncall`` and its pages, behind a bearer token or a session cookie; the login form
+    and the logout."""
     pages = OncallPages(db, recent or MinuteCounts())
     routes: list[tuple[str, Handler]] = [
         (PATH, pages.home), (f"{PATH}/search", pages.search),
@@ -184,4 +178,5 @@ def oncall_routes(db: Database, auth: TokenAuth, recent: MinuteCounts | None = N
         (f"{PATH}/transitions", pages.listing("transitions", None, None)),
         (f"{PATH}/conflicts", pages.listing("conflicts", None, None)),
     ]
-    return [Route(path, _guarded(auth, handler), methods=["GET"]) for path, handler in routes]
+    return [*(Route(path, _guarded(auth, sessions, handler), methods=["GET"])
+              for path, handler in routes), *_session_routes(sessions)]

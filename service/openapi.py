@@ -105,6 +105,7 @@ def _get(summary: str, ok: dict[str, Any], *, params: list[dict[str, Any]] | Non
         "200": _json(ok, "OK"),
         "400": _json(_ref("Error"), "A query parameter cannot be used"),
         "401": _json(_ref("Error"), "Missing or wrong bearer token"),
+        "422": _json(_ref("Error"), "A query value cannot be stored (NUL, a lone surrogate)"),
         "503": _json(_ref("Error"), "Database unavailable; retry"),
     }
     if found:
@@ -117,6 +118,8 @@ def _post(summary: str, request: str, ok_status: str, ok: dict[str, Any],
           errors: dict[str, str]) -> dict[str, Any]:
     responses: dict[str, Any] = {ok_status: _json(ok, "OK")}
     for status, meaning in {"401": "Missing or wrong bearer token",
+                            "403": "A read-only token (SERVICE_READ_TOKENS): onboarding needs "
+                                   "one from SERVICE_API_TOKENS",
                             "422": "Invalid body, or an Idempotency-Key reused with another body",
                             "502": "Codat failed or refused our credentials",
                             "503": "Codat rate limited us, or the database is unavailable",

@@ -31,7 +31,9 @@ from service.ingest import (
 from service.limits import check_declared_length, read_body
 from service.logs import get_logger
 from service.metrics import Metrics
+from service.refusals import RefusalLog
 from service.store import NewDelivery
+from service.untrusted import clip
 from service.verify import Verifier, signed_headers
 
 log = get_logger("receiver")
@@ -57,10 +59,12 @@ class Receiver:
     """The webhook endpoint, with what it needs passed in (no globals)."""
 
     def __init__(self, *, db: Database, verifier: Verifier, metrics: Metrics,
-                 max_body_bytes: int, retry_after_seconds: int) -> None:
+                 max_body_bytes: int, retry_after_seconds: int,
+                 refusals: RefusalLog | None = None) -> None:
         self._db = db
         self._verifier = verifier
         self._metrics = metrics
+        self._refusals = refusals or RefusalLog(metrics)
         self._max_body = max_body_bytes
         self._retry_after = str(retry_after_seconds)
 
@@ -75,22 +79,25 @@ class Receiver:
         except ReceiverError as exc:
             reason = exc.reason if isinstance(exc, InvalidSignature) else type(exc).__name__
             self._metrics.refused(reason)
-            log.info("delivery refused", extra={"fields": {
-                "message_id": request.headers.get("svix-id") or request.headers.get("webhook-id"),
+            # Anyone can be refused: the line is rate-limited and its untrusted id clipped.
+            self._refusals.log(log, "delivery refused", {
+                "message_id": clip(request.headers.get("svix-id")
+                                   or request.headers.get("webhook-id")),
                 "event_id": None, "event_type": None, "company_id": None,
                 "connection_id": None, "outcome": "refused", "transitions": [],
                 "status": exc.status_code, "reason": reason,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 3)}})
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3)})
             return _json(exc.status_code, {"error": str(exc)})
         self._metrics.verified_by.labels(secret_id).inc()
         headers = {k: v for k in _KEPT_HEADERS if (v := named.get(k)) is not None}
         delivery = new_delivery(message_id=signed.message_id, timestamp=int(signed.timestamp),
                                 body=body, secret_id=secret_id, headers=headers)
         examined = examine(body, message_id=delivery.message_id, timestamp=delivery.timestamp)
+        facts = examined.facts  # from a signed body, still capped and escaped in the logs
         fields: dict[str, object] = {
-            "message_id": delivery.message_id, "event_id": examined.facts.event_id,
-            "event_type": examined.facts.event_type, "company_id": examined.facts.company_id,
-            "connection_id": examined.facts.connection_id}
+            "message_id": clip(delivery.message_id), "event_id": clip(facts.event_id),
+            "event_type": clip(facts.event_type), "company_id": clip(facts.company_id),
+            "connection_id": clip(facts.connection_id)}
         try:
             # Deliveries about one connection share a commit partition (see service/db.py).
             affinity = (examined.facts.connection_id or examined.facts.company_id

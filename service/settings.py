@@ -5,14 +5,17 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Self
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.errors import ConfigError
+from service.protocol import ConnectionLimits
 
 _SPLIT = re.compile(r"[\s,]+")
 SVIX_MAX_TOLERANCE = 300  # svix's verify() enforces its own fixed five-minute window
@@ -63,7 +66,22 @@ class Settings(BaseSettings):
     database_url: str = Field(default="sqlite:///./codat-hooks.db", repr=False)
     webhook_tolerance_seconds: int = Field(default=300, ge=1, le=SVIX_MAX_TOLERANCE)
     webhook_max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # Full rights: the query API, the on-call page, and onboarding (create, unlink).
     service_api_tokens: SecretStr = Field(default=SecretStr(""))
+    # Read only: the query API and the on-call page.
+    service_read_tokens: SecretStr = Field(default=SecretStr(""))
+    # Clients reach the service over https (a TLS-terminating ingress or proxy): the on-call
+    # session cookie is then marked Secure.
+    service_behind_tls: bool = False
+    # Per connection (service/protocol.py): the request head must arrive within this long of its
+    # first byte, the body within this long of the head; a connection with no request under way
+    # is closed after the idle timeout.
+    http_head_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    http_body_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    http_idle_timeout_seconds: float = Field(default=5.0, gt=0, le=600)
+    # Beyond this many open connections a request is answered 503 (the probes still answer);
+    # lowered at start-up to fit the process's file-descriptor limit.
+    http_max_connections: int = Field(default=1000, ge=8, le=1_000_000)
     # SQLite durability: FULL survives power loss (WAL fsync on every group commit); NORMAL
     # survives a process kill but may lose the last commits on power loss.
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
@@ -108,6 +126,12 @@ class Settings(BaseSettings):
             raise ValueError("must be a sqlite:///PATH or postgresql://... URL")
         return value
 
+    @field_validator("codat_base_url")
+    @classmethod
+    def _https_unless_loopback(cls, value: str) -> str:
+        check_codat_base_url(value)
+        return value
+
     @property
     def webhook_secrets(self) -> tuple[WebhookSecret, ...]:
         """The signing secrets; raises ConfigError naming the variable when there are none."""
@@ -127,7 +151,46 @@ class Settings(BaseSettings):
 
     @property
     def api_tokens(self) -> frozenset[str]:
+        """Tokens with full rights (SERVICE_API_TOKENS)."""
         return frozenset(_split(self.service_api_tokens.get_secret_value()))
+
+    @property
+    def read_tokens(self) -> frozenset[str]:
+        """Read-only tokens (SERVICE_READ_TOKENS)."""
+        return frozenset(_split(self.service_read_tokens.get_secret_value()))
+
+    @property
+    def connection_limits(self) -> ConnectionLimits:
+        return ConnectionLimits(head_timeout=self.http_head_timeout_seconds,
+                                body_timeout=self.http_body_timeout_seconds,
+                                idle_timeout=self.http_idle_timeout_seconds,
+                                max_connections=self.http_max_connections,
+                                hard_cap=self.http_max_connections)
+
+    @model_validator(mode="after")
+    def _token_sets_are_disjoint(self) -> Self:
+        if self.api_tokens & self.read_tokens:
+            raise ValueError("SERVICE_READ_TOKENS: a token may not also be in "
+                             "SERVICE_API_TOKENS (which gives it full rights)")
+        return self
+
+
+def check_codat_base_url(url: str) -> None:
+    """Codat's key travels with every call: only over https, or plain http to this machine
+    (the sandbox). Raises ValueError otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError("must be an https:// URL (http:// only for a loopback host)")
+    host = parts.hostname
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        raise ValueError(f"must be https:// (the Codat API key would go in clear to {host}); "
+                         "http:// is allowed only for a loopback host (the sandbox)")
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -11,14 +10,11 @@ from service.metrics import Metrics
 
 
 def route_label(scope: Scope) -> str:
-    """The path with its parameters put back as ``{name}`` (the router fills path_params)."""
-    path: str = scope.get("path", "")
-    params: dict[str, Any] = scope.get("path_params") or {}
-    if not scope.get("endpoint"):
-        return "unmatched"  # keeps the label set small whatever paths are probed
-    for name, value in params.items():
-        path = path.replace(f"/{value}", f"/{{{name}}}", 1)
-    return path
+    """The matched route's template (``/v1/companies/{company_id}``), never anything taken from
+    the request's path: whatever paths are sent, the label set stays the set of routes."""
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "unmatched"
 
 
 class RequestTiming:

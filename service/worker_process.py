@@ -16,6 +16,7 @@ from service.app import Health, build_worker, codat_client, metrics_response
 from service.db import Database, open_database
 from service.localserver import running
 from service.metrics import Metrics
+from service.refusals import RefusalLog
 from service.settings import Settings
 from service.worker import Worker
 
@@ -29,7 +30,7 @@ def status_app(worker: Worker, db: Database, metrics: Metrics, *, stale_after: f
         return JSONResponse({"alive": status == 200, "loopAgeSeconds": round(age, 3),
                              "workerId": worker.worker_id}, status)
 
-    health = Health(db)
+    health = Health(db, RefusalLog(metrics, kind="readiness"))
 
     async def metrics_endpoint(request: Request) -> Response:
         return await metrics_response(db, metrics, health)

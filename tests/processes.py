@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -30,7 +31,9 @@ SERVICE_VARIABLES = (
     "DB_RETRY_AFTER_SECONDS", "LOG_LEVEL", "CODAT_API_KEY", "CODAT_BASE_URL",
     "CODAT_TIMEOUT_SECONDS", "BILL_PAY_MODE", "WORKER_ENABLED", "WORKER_POLL_SECONDS",
     "WORKER_STOP_GRACE_SECONDS", "OUTBOX_MAX_ATTEMPTS", "OUTBOX_LEASE_SECONDS",
-    "OUTBOX_BACKOFF_BASE_SECONDS", "OUTBOX_BACKOFF_MAX_SECONDS",
+    "OUTBOX_BACKOFF_BASE_SECONDS", "OUTBOX_BACKOFF_MAX_SECONDS", "SERVICE_READ_TOKENS",
+    "SERVICE_BEHIND_TLS", "HTTP_HEAD_TIMEOUT_SECONDS", "HTTP_BODY_TIMEOUT_SECONDS",
+    "HTTP_IDLE_TIMEOUT_SECONDS", "HTTP_MAX_CONNECTIONS", "DB_WRITE_PARTITIONS",
 )
 
 
@@ -102,13 +105,22 @@ class Proc:
         return log_tail(self.log_path, lines)
 
 
-def spawn(name: str, args: list[str], *, env: dict[str, str], cwd: Path, log_dir: Path) -> Proc:
+def _limit_files(count: int) -> Callable[[], None]:
+    def apply() -> None:  # in the child, before exec
+        resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
+    return apply
+
+
+def spawn(name: str, args: list[str], *, env: dict[str, str], cwd: Path, log_dir: Path,
+          fd_limit: int | None = None) -> Proc:
+    """``codat-hooks ARGS``; ``fd_limit`` sets its RLIMIT_NOFILE (soft and hard)."""
     log_path = log_dir / f"{name}.log"
     log_file = log_path.open("ab")
     try:
         popen = subprocess.Popen([*codat_hooks_command(), *args], env=env, cwd=cwd,
                                  stdin=subprocess.DEVNULL, stdout=log_file,
-                                 stderr=subprocess.STDOUT)
+                                 stderr=subprocess.STDOUT,
+                                 preexec_fn=_limit_files(fd_limit) if fd_limit else None)
     except BaseException:
         log_file.close()
         raise
@@ -133,13 +145,14 @@ async def wait_ready(proc: Proc, url: str, *, timeout: float = 30.0,
 
 
 async def start_receiver(name: str, *, env: dict[str, str], cwd: Path, log_dir: Path,
-                         migrate: bool | None = None, timeout: float = 30.0) -> Proc:
+                         migrate: bool | None = None, timeout: float = 30.0,
+                         fd_limit: int | None = None) -> Proc:
     """``codat-hooks serve`` on a free loopback port, answering /healthz."""
     port = free_port()
     args = ["serve", "--host", "127.0.0.1", "--port", str(port)]
     if migrate is not None:
         args.append("--migrate" if migrate else "--no-migrate")
-    proc = spawn(name, args, env=env, cwd=cwd, log_dir=log_dir)
+    proc = spawn(name, args, env=env, cwd=cwd, log_dir=log_dir, fd_limit=fd_limit)
     proc.url = f"http://127.0.0.1:{port}"
     try:
         await wait_ready(proc, proc.url, timeout=timeout)
@@ -152,6 +165,19 @@ async def start_receiver(name: str, *, env: dict[str, str], cwd: Path, log_dir: 
 def start_worker(name: str, *, env: dict[str, str], cwd: Path, log_dir: Path) -> Proc:
     """``codat-hooks worker --id NAME`` (no status port)."""
     return spawn(name, ["worker", "--id", name], env=env, cwd=cwd, log_dir=log_dir)
+
+
+def memory_kib(pid: int) -> tuple[int, int]:
+    """(resident now, peak resident) of a process, in KiB, from /proc."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        fields[name] = value.split()[0] if value.split() else "0"
+    return int(fields["VmRSS"]), int(fields["VmHWM"])
+
+
+def open_files(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def run_cli(args: list[str], *, env: dict[str, str], cwd: Path,

@@ -1,5 +1,6 @@
-"""GET /oncall: auth (bearer, ``?token=`` once, then a cookie), what the page lists, escaping,
-and the page in a real headless Chromium on a loopback port."""
+"""GET /oncall: auth (bearer, or the login form's session cookie), what the page lists,
+escaping, and the page in a real headless Chromium on a loopback port. The session cookie
+itself, scopes and ``Secure``: tests/test_oncall_auth.py."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from service.app import build_worker, create_app
 from service.db import utcnow
 from service.ingest import examine, new_delivery, record_failure
 from service.localserver import running
-from service.oncall_page import COOKIE
+from service.sessions import COOKIE
 from service.settings import Settings
 from tests.conftest import Service, make_settings
 from tests.debian import installed_or_skip
@@ -131,21 +132,21 @@ async def test_without_a_token_it_is_401_with_a_login_page(oncall: Service) -> N
     assert response.status_code == 401
     assert response.headers["content-type"].startswith("text/html")
     assert response.headers["www-authenticate"].startswith("Bearer")
-    assert "/oncall?token=" in response.text
-    assert "SERVICE_API_TOKENS" in response.text
+    assert '<form method="post"\naction="/oncall/login">' in response.text
+    assert "SERVICE_READ_TOKENS" in response.text
     assert "set-cookie" not in response.headers
 
 
-@pytest.mark.parametrize("how", ["bearer", "query", "cookie", "not ascii"])
+@pytest.mark.parametrize("how", ["bearer", "form", "cookie", "not ascii"])
 async def test_a_wrong_token_is_401(oncall: Service, how: str) -> None:
     if how == "bearer":
         response = await oncall.client.get("/oncall", headers={"authorization": "Bearer nope"})
-    elif how == "query":
-        response = await oncall.client.get("/oncall", params={"token": TOKEN + "x"})
+    elif how == "form":
+        response = await oncall.client.post("/oncall/login", data={"token": TOKEN + "x"})
     elif how == "cookie":
         response = await oncall.client.get("/oncall", headers={"cookie": f"{COOKIE}=nope"})
     else:
-        response = await oncall.client.get("/oncall", params={"token": TOKEN + "é"})
+        response = await oncall.client.post("/oncall/login", data={"token": TOKEN + "é"})
     assert response.status_code == 401
     assert "log in" in response.text
     if how == "cookie":  # a stale cookie is cleared
@@ -154,27 +155,28 @@ async def test_a_wrong_token_is_401(oncall: Service, how: str) -> None:
         assert "set-cookie" not in response.headers
 
 
-async def test_token_in_query_sets_a_cookie_and_redirects_without_it(oncall: Service) -> None:
-    response = await oncall.client.get("/oncall", params={"token": TOKEN})
+async def test_the_login_form_sets_a_session_cookie_and_redirects(oncall: Service) -> None:
+    response = await oncall.client.post("/oncall/login", data={"token": TOKEN})
     assert response.status_code == 303
     assert response.headers["location"] == "/oncall"
     raw = response.headers["set-cookie"].lower()
     assert "httponly" in raw
     assert "samesite=strict" in raw
     assert "path=/oncall" in raw
-    assert set_cookie(response)[COOKIE].value == TOKEN
+    session = set_cookie(response)[COOKIE].value
+    assert TOKEN not in session
     assert response.headers["cache-control"] == "no-store"
 
     oncall.client.cookies.clear()
-    page = await oncall.client.get("/oncall", headers={"cookie": f"{COOKIE}={TOKEN}"})
+    page = await oncall.client.get("/oncall", headers={"cookie": f"{COOKIE}={session}"})
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     assert "codat-hooks on call" in page.text
 
 
 async def test_the_redirect_and_cookie_work_like_a_browser(oncall: Service) -> None:
-    response = await oncall.client.get("/oncall", params={"token": TOKEN},
-                                       follow_redirects=True)
+    response = await oncall.client.post("/oncall/login", data={"token": TOKEN},
+                                        follow_redirects=True)
     assert [r.status_code for r in response.history] == [303]
     assert response.status_code == 200
     assert str(response.url) == "http://test/oncall"
@@ -277,9 +279,11 @@ async def _logged_in(browser: Any, base: str, seeded: Seeded, screenshot: Path) 
     context = await browser.new_context(viewport={"width": 1440, "height": 900})
     page = await context.new_page()
     page.set_default_timeout(5_000)
-    response = await page.goto(f"{base}/oncall?token={TOKEN}")
-    assert response.status == 200
-    assert page.url == f"{base}/oncall"  # the redirect took the token out of the address
+    assert (await page.goto(f"{base}/oncall")).status == 401
+    await page.locator("input[name=token]").fill(TOKEN)
+    async with page.expect_navigation():
+        await page.locator("button").click()
+    assert page.url == f"{base}/oncall"
     not_linked = await page.locator("#connections + table").inner_text()
     assert seeded.deauthorized in not_linked
     assert "Deauthorized" in not_linked

@@ -230,8 +230,14 @@ async def test_every_page_needs_the_token(oncall: Service) -> None:  # noqa: F81
                  f"/oncall/deliveries/{new_id()}"):
         response = await oncall.client.get(path)
         assert response.status_code == 401 and "log in" in response.text, path
+    # A token in the address is refused (it would sit in logs); the login form's session
+    # opens every page.
     response = await oncall.client.get("/oncall/transitions", params={"token": TOKEN})
-    assert (response.status_code, response.headers["location"]) == (303, "/oncall/transitions")
+    assert response.status_code == 400
+    login = await oncall.client.post("/oncall/login", data={"token": TOKEN})
+    assert (login.status_code, login.headers["location"]) == (303, "/oncall")
+    for path in ("/oncall/transitions", f"/oncall/search?q={new_id()}"):
+        assert (await oncall.client.get(path)).status_code == 200, path
 
 
 @pytest.mark.parametrize("text", ["", "a"])

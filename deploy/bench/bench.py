@@ -468,6 +468,8 @@ class Bench:
         a = self.args
         if target == "baseline":
             command = [sys.executable, str(HERE / "baseline.py"), "--port", str(port)]
+        elif target == "codat-hooks-stock":
+            command = [sys.executable, str(HERE / "stock_server.py"), "--port", str(port)]
         else:
             command = [str(CODAT_HOOKS), "serve", "--host", "127.0.0.1", "--port", str(port)]
         logfile = (workdir / f"{target}.log").open("wb")
@@ -476,7 +478,7 @@ class Bench:
                                   stderr=subprocess.STDOUT, start_new_session=True)
         logfile.close()
         self.servers.append(server)
-        path = "/readyz" if target == "codat-hooks" else "/webhooks/codat"
+        path = "/webhooks/codat" if target == "baseline" else "/readyz"
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if server.poll() is not None:
@@ -554,7 +556,7 @@ class Bench:
 
     def measure(self, db: str, variant: str, run: int) -> Result:
         a = self.args
-        target = "baseline" if variant == "baseline" else "codat-hooks"
+        target = variant if variant in ("baseline", "codat-hooks-stock") else "codat-hooks"
         large = variant == "codat-hooks-large"
         queries = a.large and target == "codat-hooks"
         workdir = self.tmp / f"{db}-{variant}-{run}"
@@ -570,7 +572,7 @@ class Bench:
             database_url = self.create_pg(pg_name, self.templates[db] if large else None)
         server = None
         try:
-            if target == "codat-hooks":
+            if target != "baseline":
                 self.migrate(database_url, workdir)
             port = free_port()
             server = self.start(target, database_url, port, workdir)
@@ -640,7 +642,7 @@ class Bench:
         socket_errors = {k: v for k, v in w["errors"].items() if v and k != "status"}
         if socket_errors:
             problems.append(f"socket errors/timeouts: {socket_errors}")
-        if target == "codat-hooks":
+        if target != "baseline":
             ids_query = "SELECT message_id, outcome FROM deliveries WHERE message_id >= {p}"
         else:
             ids_query = "SELECT message_id, 'stored' AS outcome FROM deliveries " \
@@ -670,7 +672,7 @@ class Bench:
             f"acknowledged as stored + {extra} whose answer wrk no longer read (it stopped with "
             f"{in_flight} requests unanswered, {never_stored} of them never stored); "
             f"{len(sent)} distinct message ids sent")
-        if target == "codat-hooks":
+        if target != "baseline":
             outcome.sanity += "; outcomes (with the warm-up) " + ", ".join(f"{k} {v}" for k, v in
                                                          sorted(outcomes.items()))
             if set(outcomes) - {"processed"}:
@@ -720,7 +722,7 @@ class Bench:
 
     def run(self) -> None:
         a = self.args
-        variants = ["baseline", "codat-hooks"] + (["codat-hooks-large"] if a.large else [])
+        variants = list(a.variants) + (["codat-hooks-large"] if a.large else [])
         for db in self.dbs:
             if a.large:
                 self.build_large(db)
@@ -771,7 +773,7 @@ class Bench:
         header += f"{'peak RSS MiB':>14}  runs with problems"
         log(header)
         medians: dict[str, float] = {}
-        for variant in ("baseline", "codat-hooks", "codat-hooks-large"):
+        for variant in ("baseline", "codat-hooks", "codat-hooks-stock", "codat-hooks-large"):
             mine = [r for r in rows if r.variant == variant]
             if not mine:
                 continue
@@ -791,6 +793,9 @@ class Bench:
         if "baseline" in medians and "codat-hooks" in medians:
             log(f"throughput codat-hooks / baseline: "
                 f"{medians['codat-hooks'] / medians['baseline']:.2f}x")
+        if "codat-hooks-stock" in medians and "codat-hooks" in medians:
+            log(f"throughput with the HTTP limits / without (stock httptools): "
+                f"{medians['codat-hooks'] / medians['codat-hooks-stock']:.3f}x")
         if a.large:
             self.large_table(db, rows)
         log("")
@@ -848,7 +853,8 @@ class Bench:
 
 
 def _label(variant: str) -> str:
-    return {"codat-hooks-large": "codat-hooks (large DB)"}.get(variant, variant)
+    return {"codat-hooks-large": "codat-hooks (large DB)",
+            "codat-hooks-stock": "codat-hooks, no limits"}.get(variant, variant)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -884,7 +890,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="a codat-hooks setting for its server (e.g. DB_WRITE_PARTITIONS=2)")
     p.add_argument("--keep", action="store_true", help="keep temporary files (logs, SQLite)")
+    p.add_argument("--variants", default="baseline,codat-hooks",
+                   help="comma-separated servers to alternate: baseline, codat-hooks, and "
+                        "codat-hooks-stock (its app on uvicorn's stock httptools protocol, "
+                        "without the HTTP limits: what the limits cost)")
     args = p.parse_args(argv)
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not args.variants or set(args.variants) - {"baseline", "codat-hooks",
+                                                   "codat-hooks-stock"}:
+        p.error("--variants: a comma-separated list of baseline, codat-hooks, "
+                "codat-hooks-stock")
     if args.runs < 1 or args.duration < 1 or args.connections < WRK_THREADS:
         p.error("--runs and --duration must be at least 1, --connections at least 2")
     if args.duration > 240:
