@@ -18,6 +18,13 @@ class JobKind(StrEnum):
     CONFIRM_CONNECTION = "confirm_connection"  # fetch a newly Linked connection, prepare Bill Pay
     RECONCILE_CONNECTION = "reconcile_connection"  # fetch a connection and apply what Codat says
     REFRESH_READINESS = "refresh_readiness"  # recompute Bill Pay readiness after a read
+    PUSH_CHANGE = "push_change"  # POST one change of the feed to one subscriber
+
+
+# The kinds that call Codat: they wait while Codat's rate limit is reached; a push does not.
+CODAT_JOBS: frozenset[JobKind] = frozenset({JobKind.CONFIRM_CONNECTION,
+                                            JobKind.RECONCILE_CONNECTION,
+                                            JobKind.REFRESH_READINESS})
 
 
 @dataclass(frozen=True, slots=True)

@@ -171,6 +171,10 @@ class OutboxJob(SQLModel, table=True):
     __table_args__ = (
         sa.Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
         sa.Index("ix_outbox_company_id_created_at", "company_id", "created_at"),
+        # Jobs of one sequence (a subscriber's pushes about one connection) run in order.
+        sa.Index("ix_outbox_sequence", "sequence", "ordinal",
+                 sqlite_where=sa.text("sequence IS NOT NULL"),
+                 postgresql_where=sa.text("sequence IS NOT NULL")),
     )
 
     id: str = Field(primary_key=True)
@@ -180,6 +184,9 @@ class OutboxJob(SQLModel, table=True):
     company_id: str | None = None
     connection_id: str | None = None
     payload: dict[str, Any] | None = _json()
+    # Jobs sharing a sequence are claimed one at a time, in ordinal order (None: any order).
+    sequence: str | None = None
+    ordinal: int | None = Field(default=None, sa_type=sa.BigInteger)
     status: str  # pending / running / done / dead
     attempts: int = Field(default=0)
     max_attempts: int
@@ -252,3 +259,42 @@ class ApiIdempotency(SQLModel, table=True):
     failed_at: datetime | None = _ts()
     # Codat caches a 5xx under its Idempotency-Key; after one, the next try needs a new key.
     codat_attempt: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+
+
+class Change(SQLModel, table=True):
+    """The change feed: every change of a connection's state or a company's readiness, in the
+    order of its id. An id is drawn after the rows it describes were locked, so ids follow
+    commit order for each connection; service/feed.py reads only below a horizon no
+    transaction in flight can write under. AUTOINCREMENT on SQLite: an id is never reused."""
+
+    __tablename__ = "changes"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: int | None = Field(default=None, sa_type=sa.BigInteger().with_variant(sa.Integer(),
+                                                                              "sqlite"),
+                           primary_key=True)
+    type: str
+    at: datetime = _ts(nullable=False)
+    company_id: str
+    connection_id: str | None = None
+    data: dict[str, Any] | None = _json()
+
+
+class FeedState(SQLModel, table=True):
+    """What the feed no longer keeps: changes up to ``floor`` were pruned (410 below it)."""
+
+    __tablename__ = "feed_state"
+
+    id: int = Field(default=1, primary_key=True)
+    floor: int = Field(default=0, sa_type=sa.BigInteger)
+    updated_at: datetime = _ts(nullable=False)
+
+
+class SubscriberCursor(SQLModel, table=True):
+    """How far the worker has handed a push subscriber's changes to the outbox."""
+
+    __tablename__ = "subscriber_cursors"
+
+    name: str = Field(primary_key=True)
+    position: int = Field(default=0, sa_type=sa.BigInteger)
+    updated_at: datetime = _ts(nullable=False)

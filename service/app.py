@@ -28,6 +28,8 @@ from service.api import QueryApi, json_response
 from service.auth import TokenAuth
 from service.codat import CodatClient
 from service.db import Database, Tx, open_database, sql, utcnow
+from service.feed import Feed
+from service.feed_api import FeedApi
 from service.followups import FollowUps
 from service.logs import get_logger
 from service.metrics import Metrics
@@ -37,6 +39,7 @@ from service.oncall_html import PATH as ONCALL_PATH
 from service.oncall_page import oncall_routes
 from service.openapi import openapi_document
 from service.outbox import RetryPolicy
+from service.push import Pusher
 from service.receiver import Receiver
 from service.refusals import RefusalLog
 from service.sessions import Sessions
@@ -103,14 +106,28 @@ def codat_client(settings: Settings, metrics: Metrics | None = None,
 
 
 def build_worker(settings: Settings, db: Database, client: CodatClient,
-                 metrics: Metrics | None = None, worker_id: str | None = None) -> Worker:
-    followups = FollowUps(db=db, client=client, mode=BillPayMode(settings.bill_pay_mode))
+                 metrics: Metrics | None = None, worker_id: str | None = None,
+                 push_client: httpx.AsyncClient | None = None) -> Worker:
+    """The worker the settings describe; pushes go through ``push_client`` (the caller's to
+    close)."""
+    subscriptions = settings.subscriptions
+    pusher = (Pusher(subscriptions, push_client)
+              if subscriptions and push_client is not None else None)
+    followups = FollowUps(db=db, client=client, mode=BillPayMode(settings.bill_pay_mode),
+                          pusher=pusher)
     return Worker(db=db, followups=followups, metrics=metrics, worker_id=worker_id,
+                  subscriptions=subscriptions if pusher is not None else (),
                   policy=RetryPolicy(settings.outbox_backoff_base_seconds,
                                      settings.outbox_backoff_max_seconds,
                                      settings.outbox_max_attempts),
                   lease_seconds=settings.outbox_lease_seconds,
                   poll_seconds=settings.worker_poll_seconds)
+
+
+def push_http_client() -> httpx.AsyncClient:
+    """The client pushes go out with: explicit timeouts, no proxies from the environment."""
+    return httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0), trust_env=False,
+                             follow_redirects=False)
 
 
 async def refresh_gauges(db: Database, metrics: Metrics, health: Health) -> None:
@@ -167,11 +184,15 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
     async def openapi_endpoint(request: Request) -> Response:
         return json_response(openapi_document())
 
+    feed = Feed(database)
+    push_client = push_http_client()
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await database.start()
+        await feed.notifier.start(database)
         stop = asyncio.Event()
-        worker = build_worker(settings, database, client, metrics)
+        worker = build_worker(settings, database, client, metrics, push_client=push_client)
         task = asyncio.create_task(worker.run(stop)) if settings.worker_enabled else None
         try:
             yield
@@ -180,6 +201,8 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
             if task is not None:
                 await _drain_worker(task, worker, settings.worker_stop_grace_seconds)
             await client.aclose()
+            await push_client.aclose()
+            await feed.notifier.close()
             await database.close()
 
     routes = [
@@ -189,6 +212,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi_endpoint, methods=["GET"]),
         *QueryApi(database).routes(auth),
+        *FeedApi(feed).routes(auth),
         *OnboardingApi(db=database, client=client,
                        mode=BillPayMode(settings.bill_pay_mode)).routes(auth),
         *oncall_routes(database, auth, sessions, metrics.recent_refusals),
@@ -201,6 +225,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
     app.state.db = database
     app.state.metrics = metrics
     app.state.codat = client
+    app.state.feed = feed
     return app
 
 

@@ -32,11 +32,13 @@ from typing import Any
 import orjson
 
 from handlers import verdict, word_of_event
+from schemas.changes import NO_LINKED_CONNECTION, ChangeType
 from schemas.commands import Verdict, Word
 from schemas.events import ConnectionEvent, Event
 from schemas.state import EXPECTED_MOVES, MoveResult, State
 from service.db import Tx, is_unavailable, sql, to_json, utcnow
 from service.errors import Contended
+from service.feed import CHANNEL
 from service.logs import get_logger
 from service.store import DEFAULT_MAX_ATTEMPTS, DeliveryFacts, NewDelivery
 
@@ -84,6 +86,8 @@ _REFRESH = """((co.last_event_at IS NULL OR excluded.last_event_at IS NULL
         OR (excluded.tags IS NOT NULL
             AND CAST(co.tags AS TEXT) IS DISTINCT FROM CAST(excluded.tags AS TEXT))))"""
 _UNREADY = "co.bill_pay_ready AND co.linked_count + excluded.linked_count <= 0"
+_CAUSE = """json_build_object('source', r.source, 'eventId', r.cause_id,
+    'eventType', r.cause_type, 'deliveryId', r.delivery_id)"""
 
 _STATEMENT = sql(f"""
 WITH m AS (
@@ -196,6 +200,29 @@ WITH m AS (
         last_event_at = CASE WHEN {_REFRESH}
             THEN COALESCE(excluded.last_event_at, co.last_event_at) ELSE co.last_event_at END,
         updated_at = $1
+    -- RETURNING sees only new values: readiness was just cleared when it was checked at $1.
+    RETURNING co.id, co.bill_pay_checked_at = $1 AND NOT co.bill_pay_ready AS unready
+), feed AS (
+    -- The changes, as schemas.changes words them; ids drawn now, after the rows were locked.
+    INSERT INTO changes (type, at, company_id, connection_id, data)
+    SELECT type, $1, company_id, connection_id, data FROM (
+        SELECT 1 AS k, r.ord, CASE WHEN r.state = 'Deleted' THEN 'connection.deleted'
+                ELSE 'connection.status_changed' END AS type, r.company_id,
+            r.id AS connection_id,
+            CASE WHEN r.state = 'Deleted' THEN json_build_object('from', r.from_state,
+                    'cause', {_CAUSE})
+                ELSE json_build_object('from', r.from_state, 'to', r.state,
+                    'skipped', r.skips OR r.inconsistent, 'cause', {_CAUSE}) END AS data
+        FROM r WHERE r.result = 'applied' AND r.from_state IS DISTINCT FROM r.state
+        UNION ALL
+        SELECT 2, 0, '{ChangeType.READY_CHANGED}', c.id, NULL,
+            json_build_object('ready', FALSE, 'whyNot',
+                json_build_array('{NO_LINKED_CONNECTION}'))
+        FROM company c WHERE c.unready
+    ) x ORDER BY k, ord
+    RETURNING id
+), notified AS (
+    SELECT pg_notify('{CHANNEL}', '') FROM (SELECT 1 FROM feed LIMIT 1) f
 ), jobs AS (
     INSERT INTO outbox (id, kind, dedupe_key, company_id, connection_id, payload, status,
         attempts, max_attempts, next_attempt_at, created_at, updated_at)
@@ -217,6 +244,7 @@ SELECT m.ord, seen.stored_sha256, seen.stored_outcome,
     r.result, r.from_state, r.skips OR r.inconsistent AS skipped, r.reason
 FROM m JOIN seen ON seen.ord = m.ord LEFT JOIN r ON r.id = m.id AND m.message_id IN (
     SELECT message_id FROM fresh)
+CROSS JOIN (SELECT COUNT(*) FROM notified) woken
 ORDER BY m.ord""")
 
 

@@ -147,8 +147,10 @@ def db_upgrade(revision: str) -> None:
 
 
 def _register() -> None:
+    from service.feed_cli import events
     from service.oncall_cli import register
     register(main)
+    main.add_command(events)
 
 
 _register()

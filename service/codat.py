@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
 from schemas.state import ConnectionStatus
+from service.errors import Retryable
 
 DEFAULT_BASE_URL = "https://api.codat.io"
 
@@ -42,11 +43,11 @@ class CodatError(Exception):
         self.endpoint = endpoint
 
 
-class CodatRetryable(CodatError):
+class CodatRetryable(CodatError, Retryable):
     """Worth retrying later: rate limited, Codat unavailable, timed out, or not ready yet."""
 
     def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
-        super().__init__(message, **kw)
+        CodatError.__init__(self, message, **kw)
         self.retry_after = retry_after
 
 

@@ -83,6 +83,10 @@ class Tx(Protocol):
 
     async def execute(self, q: Sql, *args: Any) -> None: ...
 
+    def note_change(self) -> None:
+        """This transaction recorded a change of the feed: its commit wakes the feed's
+        waiters (see :meth:`Database.on_commit`)."""
+
 
 Work = Callable[[Tx], Coroutine[Any, Any, T]]
 
@@ -140,6 +144,13 @@ class Database(ABC):
 
     @abstractmethod
     async def read(self, work: Work[T]) -> T: ...
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (from the committing thread) after each commit of this process's
+        writes; where other processes write too, readers must poll as well."""
+        self._commit_callbacks.append(callback)
+
+    _commit_callbacks: list[Callable[[], None]]
 
 
 def open_database(url: str, *, pool_size: int = 8, sqlite_synchronous: str = "FULL",
@@ -200,6 +211,10 @@ class _SqliteTx:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        self.changed = False
+
+    def note_change(self) -> None:
+        self.changed = True
 
     def _run(self, q: Sql, args: tuple[Any, ...]) -> sqlite3.Cursor:
         return self._conn.execute(q.sqlite, [_sqlite_arg(a) for a in args])
@@ -257,6 +272,7 @@ class SqliteDatabase(Database):
         self._local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._commit_callbacks = []
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
@@ -364,12 +380,21 @@ class SqliteDatabase(Database):
             return
         for job, result in zip(batch, results, strict=True):
             self._resolve(job, result, None)
+        if tx.changed:
+            self._committed()
+
+    def _committed(self) -> None:
+        for callback in self._commit_callbacks:
+            callback()
 
     def _commit_one(self, conn: sqlite3.Connection, job: _Job) -> None:
         try:
             conn.execute("BEGIN IMMEDIATE")
-            result = _drive(job.work(_SqliteTx(conn)))
+            tx = _SqliteTx(conn)
+            result = _drive(job.work(tx))
             conn.execute("COMMIT")
+            if tx.changed:
+                self._committed()
         except Exception as exc:
             if conn.in_transaction:
                 conn.rollback()
@@ -394,6 +419,9 @@ class _PgTx:
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self._conn = conn
+
+    def note_change(self) -> None:
+        """Nothing: a change's transaction NOTIFYs, and every process listens."""
 
     async def fetchrow(self, q: Sql, *args: Any) -> Row | None:
         try:
@@ -476,6 +504,7 @@ class PostgresDatabase(Database):
         self._max_batch = max_batch
         self._queues: list[asyncio.Queue[_Pending | None]] = []
         self._batchers: list[asyncio.Task[None]] = []
+        self._commit_callbacks = []
 
     async def start(self) -> None:
         # min_size=0: start even while the database is down; /readyz says so until it is back.

@@ -163,6 +163,25 @@ async def _flow(demo: Demo, platform_key: str) -> None:
                   f"{row['fromState'] or '-'} -> {row['toState']}  "
                   f"({row['eventType'] or 'api'})")
 
+    demo.step("9. What the change feed told internal services about this customer")
+    changes = await demo.call("GET", "/v1/events", params={"companyId": company_id,
+                                                           "limit": 100})
+    for change in changes["results"]:
+        demo.show(f"#{change['id']} {change['type']}", _said(change["data"]))
+    if not any(c["type"] == "company.bill_pay_ready_changed" and c["data"]["ready"]
+               for c in changes["results"]):
+        raise DemoFailed("the feed never said the company became ready for Bill Pay")
+
     click.echo(click.style(
         f"\nDone: company {company_id} was onboarded ({platform_key}), became ready for Bill "
-        f"Pay, and was unlinked; {len(history)} history rows.", fg="green", bold=True))
+        f"Pay, and was unlinked; {len(history)} history rows, {len(changes['results'])} "
+        "changes in the feed.", fg="green", bold=True))
+
+
+def _said(data: dict[str, Any]) -> str:
+    if "ready" in data:
+        return "ready for Bill Pay" if data["ready"] else "not ready: " + "; ".join(
+            data["whyNot"])
+    cause = data.get("cause") or {}
+    return (f"{data.get('from') or 'new'} -> {data.get('to', 'Deleted')} "
+            f"({cause.get('source')} {cause.get('eventType')})")

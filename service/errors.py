@@ -8,6 +8,8 @@ ReceiverError            a delivery is refused before anything is stored
   └─ InvalidSignature    401
 DatabaseUnavailable      the database cannot be written now (503 with Retry-After)
 Contended                another transaction got there first; nothing written, run it again
+Retryable                a follow-up job's call failed and is worth trying later (Codat's, a
+                         push's); the worker backs off, never sooner than ``retry_after``
 """
 
 from __future__ import annotations
@@ -58,3 +60,15 @@ class DatabaseUnavailable(Exception):
 class Contended(Exception):
     """Another transaction got there first (a deadlock, a serialization failure, a lost race):
     nothing was written, and running the work again under row locks settles it."""
+
+
+class Retryable(Exception):
+    """A follow-up job's call failed in a way worth retrying later."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PushFailed(Retryable):
+    """A subscriber did not take a pushed change (an answer other than 2xx, or none)."""

@@ -29,7 +29,9 @@ from service.codat import (
     Connection,
 )
 from service.db import Database, Tx, utcnow
+from service.errors import PushFailed
 from service.outbox import Job
+from service.push import Pusher
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,10 +125,12 @@ async def apply_codat_view(db: Database, *, company_id: str, connection_id: str,
 class FollowUps:
     """Runs one outbox job against Codat."""
 
-    def __init__(self, *, db: Database, client: CodatClient, mode: BillPayMode) -> None:
+    def __init__(self, *, db: Database, client: CodatClient, mode: BillPayMode,
+                 pusher: Pusher | None = None) -> None:
         self._db = db
         self._client = client
         self._mode = mode
+        self._pusher = pusher
 
     async def run(self, job: Job) -> str:
         """Run ``job``; return a short summary. Raises CodatError subclasses to retry or fail."""
@@ -141,6 +145,10 @@ class FollowUps:
         if job.kind is JobKind.REFRESH_READINESS:
             return await self._prepare_bill_pay(job.company_id or "", job.connection_id, job,
                                                 refresh=False)
+        if job.kind is JobKind.PUSH_CHANGE:
+            if self._pusher is None:
+                raise PushFailed("this worker has no FEED_SUBSCRIPTIONS to push with")
+            return await self._pusher.push(job.payload)
         raise CodatPermanent(f"no follow-up is defined for job kind {job.kind}")
 
     async def _reconcile(self, job: Job) -> Drift:

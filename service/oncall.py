@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from schemas.commands import Cause
-from service import outbox, queries, store, story
+from service import feed, outbox, queries, store, story
 from service.codat import CodatClient, CodatNotFound
 from service.db import Database, Tx, utcnow
 from service.followups import Drift, apply_codat_view
@@ -146,16 +146,21 @@ async def prune(db: Database, *, older_than: timedelta, keep_dedupe: timedelta, 
     keep_dedupe = max(keep_dedupe, MIN_DEDUPE_RETENTION, older_than)
     now = utcnow()
     trace("prune", who=who, why=why, older_than=str(older_than), keep_dedupe=str(keep_dedupe))
-    for what, before in (("bodies", now - older_than), ("records", now - keep_dedupe)):
+    # The feed keeps its changes as long as the delivery records: only below its horizon.
+    horizon = await feed.Horizon().current(db)
+    for what, before in (("bodies", now - older_than), ("records", now - keep_dedupe),
+                         ("changes", now - keep_dedupe)):
         while True:
             done = await db.write(lambda tx, w=what, b=before: _prune_batch(  # type: ignore[misc]
-                tx, w, b, batch))
+                tx, w, b, batch, horizon))
             yield what, done
             if done < batch:
                 break
 
 
-async def _prune_batch(tx: Tx, what: str, before: datetime, batch: int) -> int:
+async def _prune_batch(tx: Tx, what: str, before: datetime, batch: int, horizon: int) -> int:
     if what == "bodies":
         return await store.prune_bodies(tx, before=before, limit=batch)
+    if what == "changes":
+        return await feed.prune(tx, before=before, horizon=horizon, limit=batch, now=utcnow())
     return await store.forget_deliveries(tx, before=before, limit=batch)

@@ -58,7 +58,8 @@ def _settings() -> Settings:
     return settings
 
 
-def _run(fn: Callable[[Database], Awaitable[T]]) -> T:
+def run_with_database(fn: Callable[[Database], Awaitable[T]]) -> T:
+    """Run ``fn`` with the configured database open (the CLI's way in)."""
     settings = _settings()
     return asyncio.run(with_database(
         settings.database_url, fn, pool_size=2, sqlite_synchronous=settings.sqlite_synchronous,
@@ -104,7 +105,7 @@ def register(main: click.Group) -> None:
 @json_option
 def status(company_id: str, as_json: bool) -> None:
     """A company: its connections and since when, Bill Pay readiness, history, open jobs."""
-    found = _run(lambda db: oncall.company_status(db, company_id))
+    found = run_with_database(lambda db: oncall.company_status(db, company_id))
     if found is None:
         raise click.ClickException(f"no company {company_id}")
 
@@ -187,7 +188,7 @@ def connections_list(status: str | None, platform: str | None, company: str | No
         page = await queries.list_connections(tx, filters, limit=limit, cursor=None)
         await queries.with_company_names(tx, page["results"])
         return page
-    page = _run(lambda db: db.read(read))
+    page = run_with_database(lambda db: db.read(read))
     _emit(page, as_json, lambda p: table(p["results"], _CONNECTION_COLUMNS))
 
 
@@ -207,7 +208,7 @@ def deliveries_list(outcome: str | None, since: str, limit: int, as_json: bool) 
     async def read(tx: Tx) -> list[dict[str, Any]]:
         found = await queries.list_deliveries(tx, since=moment, outcome=outcome, limit=limit)
         return await queries.with_company_names(tx, found)
-    rows = _run(lambda db: db.read(read))
+    rows = run_with_database(lambda db: db.read(read))
     for row in rows:
         row.pop("_receivedAt")
     _emit(rows, as_json, lambda r: table(r, [
@@ -221,7 +222,7 @@ def deliveries_list(outcome: str | None, since: str, limit: int, as_json: bool) 
 @json_option
 def deliveries_show(message_id: str, as_json: bool) -> None:
     """One delivery: headers, outcome, error and the body, pretty-printed."""
-    found = _run(lambda db: db.read(lambda tx: queries.get_delivery(tx, message_id,
+    found = run_with_database(lambda db: db.read(lambda tx: queries.get_delivery(tx, message_id,
                                                                     include_body=True)))
     if found is None:
         raise click.ClickException(f"no delivery {message_id}")
@@ -310,7 +311,7 @@ def replay_command(message_id: str | None, outcome: str | None, since: str | Non
                                           for _, m in r.applied.moves]})
         return results
 
-    results = _run(work)
+    results = run_with_database(work)
     _emit(results, as_json, lambda r: table(
         [{**x, "moves": ", ".join(x.get("moves") or []) or None} for x in r],
         [("message id", "messageId"), ("replayed", "replayed"), ("before", "before"),
@@ -359,8 +360,8 @@ def reconcile(company_id: str | None, all_companies: bool, apply: bool, reason: 
             await client.aclose()
         return report
 
-    report = _run(work)
-    names = _run(lambda db: db.read(lambda tx: queries.company_names(
+    report = run_with_database(work)
+    names = run_with_database(lambda db: db.read(lambda tx: queries.company_names(
         tx, [d.company_id for d in report.drifts]))) if report.drifts else {}
     rows = [{"company": d.company_id, "name": names.get(d.company_id), "connection":
              d.connection_id, "ours": d.ours, "codat": d.codat, "corrected": d.applied}
@@ -389,7 +390,7 @@ def outbox_list(status: str | None, limit: int, as_json: bool) -> None:
     async def read(tx: Tx) -> list[dict[str, Any]]:
         found = await outbox.list_jobs(tx, status=status, after="", limit=limit)
         return await queries.with_company_names(tx, found)
-    rows = _run(lambda db: db.read(read))
+    rows = run_with_database(lambda db: db.read(read))
     _emit(rows, as_json, lambda r: table(r, [
         ("id", "id"), ("kind", "kind"), ("company", "companyId"), ("name", "companyName"),
         ("status", "status"), ("attempts", "attempts"), ("next attempt", "nextAttemptAt"),
@@ -410,7 +411,7 @@ def outbox_retry(job_id: str | None, dead: bool, reason: str | None, apply: bool
     if not apply:
         raise click.UsageError("retrying writes: add --apply --reason TEXT")
     _write_guard(apply, reason)
-    ids = _run(lambda db: oncall.retry_jobs(db, job_id=job_id, who=oncall.actor(),
+    ids = run_with_database(lambda db: oncall.retry_jobs(db, job_id=job_id, who=oncall.actor(),
                                             why=reason or ""))
     _emit({"retried": ids}, as_json,
           lambda d: click.echo(f"{len(d['retried'])} job(s) pending again: "
@@ -429,14 +430,15 @@ def outbox_retry(job_id: str | None, dead: bool, reason: str | None, apply: bool
 @json_option
 def prune(older_than: str, keep_dedupe: str, reason: str | None, apply: bool,
           as_json: bool) -> None:
-    """Delete old delivery bodies, keeping dedupe records for at least 30 days."""
+    """Delete old delivery bodies, keeping dedupe records (and the change feed) for at least 30
+    days."""
     if not apply:
         raise click.UsageError("pruning deletes data: add --apply --reason TEXT")
     _write_guard(apply, reason)
     body_age, record_age = parse_duration(older_than), parse_duration(keep_dedupe)
 
     async def work(db: Database) -> dict[str, int]:
-        totals = {"bodies": 0, "records": 0}
+        totals = {"bodies": 0, "records": 0, "changes": 0}
         async for what, count in oncall.prune(db, older_than=body_age, keep_dedupe=record_age,
                                               who=oncall.actor(), why=reason or ""):
             totals[what] += count
@@ -444,6 +446,7 @@ def prune(older_than: str, keep_dedupe: str, reason: str | None, apply: bool,
                 click.echo(f"\r{what}: {totals[what]}", nl=False, file=unguarded(sys.stderr))
         return totals
 
-    totals = _run(work)
+    totals = run_with_database(work)
     _emit(totals, as_json, lambda t: click.echo(
-        f"pruned {t['bodies']} bodies, forgot {t['records']} records"))
+        f"pruned {t['bodies']} bodies, forgot {t['records']} records and {t['changes']} "
+        "changes of the feed"))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from schemas.commands import JobKind
+from schemas.commands import CODAT_JOBS, JobKind
 from service.db import Row, Tx, as_dt, from_json, sql
 
 
@@ -51,16 +51,24 @@ class RetryPolicy:
         return max(random.uniform(backoff / 2, backoff), retry_after or 0.0)
 
 
-# The worker's attempt limit is written onto the job as it is claimed: the limit in force.
-_CLAIM = sql("""
+# The worker's attempt limit is written onto the job as it is claimed: the limit in force. A job
+# of a sequence waits while an earlier one of it is pending or running; _CLAIM_KINDS limits the
+# kinds (while Codat's rate limit is reached, only jobs that do not call Codat run).
+_CLAIM_FROM = """
 UPDATE outbox SET status = 'running', locked_by = $1, lease_until = $2, attempts = attempts + 1,
     max_attempts = $5, updated_at = $3
 WHERE id IN (
-    SELECT id FROM outbox
-    WHERE (status = 'pending' AND next_attempt_at <= $3)
-       OR (status = 'running' AND lease_until < $3)
-    ORDER BY next_attempt_at, id LIMIT $4{skip_locked})
-RETURNING id, kind, dedupe_key, company_id, connection_id, payload, attempts, max_attempts""")
+    SELECT j.id FROM outbox j
+    WHERE ((j.status = 'pending' AND j.next_attempt_at <= $3)
+           OR (j.status = 'running' AND j.lease_until < $3)){kinds}
+        AND (j.sequence IS NULL OR NOT EXISTS (
+            SELECT 1 FROM outbox e WHERE e.sequence = j.sequence AND e.ordinal < j.ordinal
+                AND e.status IN ('pending', 'running')))
+    ORDER BY j.next_attempt_at, j.id LIMIT $4{{skip_locked}})
+RETURNING id, kind, dedupe_key, company_id, connection_id, payload, attempts, max_attempts"""
+_CLAIM = sql(_CLAIM_FROM.format(kinds=""))
+_CLAIM_KINDS = sql(_CLAIM_FROM.format(
+    kinds=f" AND j.kind IN ({', '.join(repr(k.value) for k in JobKind if k not in CODAT_JOBS)})"))
 
 _RENEW = sql("""
 UPDATE outbox SET lease_until = $3 WHERE id = $1 AND locked_by = $2 AND status = 'running'
@@ -114,9 +122,11 @@ def _job(row: Row) -> Job:
 
 
 async def claim(tx: Tx, *, worker_id: str, now: datetime, lease: timedelta,
-                limit: int = 1, max_attempts: int = 8) -> list[Job]:
-    """Take up to ``limit`` due jobs (or jobs whose lease expired) for ``worker_id``."""
-    rows = await tx.fetch(_CLAIM, worker_id, now + lease, now, limit, max_attempts)
+                limit: int = 1, max_attempts: int = 8, codat: bool = True) -> list[Job]:
+    """Take up to ``limit`` due jobs (or jobs whose lease expired) for ``worker_id``; without
+    ``codat``, only jobs that do not call Codat."""
+    rows = await tx.fetch(_CLAIM if codat else _CLAIM_KINDS, worker_id, now + lease, now, limit,
+                          max_attempts)
     return [_job(r) for r in rows]
 
 

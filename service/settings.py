@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import ipaddress
+import json
 import re
 from dataclasses import dataclass
 from typing import Literal, Self
@@ -19,6 +20,19 @@ from service.protocol import ConnectionLimits
 
 _SPLIT = re.compile(r"[\s,]+")
 SVIX_MAX_TOLERANCE = 300  # svix's verify() enforces its own fixed five-minute window
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """An internal service that is pushed every change (of ``types``; all when empty)."""
+
+    name: str
+    url: str
+    secret: str  # whsec_<base64>, the Standard Webhooks signing secret
+    types: frozenset[str] = frozenset()
+
+    def __repr__(self) -> str:
+        return f"Subscription(name={self.name!r}, url={self.url!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +124,19 @@ class Settings(BaseSettings):
     outbox_backoff_base_seconds: float = Field(default=2.0, gt=0)
     outbox_backoff_max_seconds: float = Field(default=3600.0, gt=0)
 
+    # Push: a JSON array of {"name", "url", "secret", "types"?}; each change goes to each.
+    feed_subscriptions: SecretStr = Field(default=SecretStr(""))
+
+    @field_validator("feed_subscriptions")
+    @classmethod
+    def _subscriptions_are_well_formed(cls, value: SecretStr) -> SecretStr:
+        parse_subscriptions(value.get_secret_value())
+        return value
+
+    @property
+    def subscriptions(self) -> tuple[Subscription, ...]:
+        return parse_subscriptions(self.feed_subscriptions.get_secret_value())
+
     @field_validator("codat_webhook_secrets")
     @classmethod
     def _secrets_are_well_formed(cls, value: SecretStr) -> SecretStr:
@@ -175,9 +202,59 @@ class Settings(BaseSettings):
         return self
 
 
+_CHANGE_TYPES = frozenset({"connection.status_changed", "connection.deleted",
+                           "company.bill_pay_ready_changed", "company.deleted"})
+_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+
+def parse_subscriptions(raw: str) -> tuple[Subscription, ...]:
+    """FEED_SUBSCRIPTIONS; raises ValueError naming what is wrong (never quoting a secret)."""
+    if not raw.strip():
+        return ()
+    try:
+        items = json.loads(raw)
+    except ValueError:
+        raise ValueError("must be a JSON array of {name, url, secret, types?}") from None
+    if not isinstance(items, list):
+        raise ValueError("must be a JSON array of {name, url, secret, types?}")
+    found: dict[str, Subscription] = {}
+    for position, item in enumerate(items, start=1):
+        if not isinstance(item, dict) or not {"name", "url", "secret"} <= set(item) \
+                or not set(item) <= {"name", "url", "secret", "types"}:
+            raise ValueError(f"subscription #{position}: needs name, url, secret (and may have "
+                             "types), nothing else")
+        name, url, secret, types = (item["name"], item["url"], item["secret"],
+                                    item.get("types") or [])
+        if not isinstance(name, str) or _NAME.fullmatch(name) is None or name in found:
+            raise ValueError(f"subscription #{position}: name must be unique, lower-case "
+                             "letters, digits and dashes")
+        if not isinstance(url, str):
+            raise ValueError(f"subscription {name}: url must be a string")
+        try:
+            check_endpoint_url(url, "the changes")
+        except ValueError as exc:
+            raise ValueError(f"subscription {name}: url {exc}") from None
+        if not isinstance(secret, str):
+            raise ValueError(f"subscription {name}: secret must be a whsec_... string")
+        try:
+            parse_webhook_secrets(secret)
+        except ValueError:
+            raise ValueError(f"subscription {name}: secret must be one whsec_<base64>") from None
+        if not isinstance(types, list) or not set(types) <= _CHANGE_TYPES:
+            raise ValueError(f"subscription {name}: types must be a list of "
+                             f"{', '.join(sorted(_CHANGE_TYPES))}")
+        found[name] = Subscription(name, url, secret, frozenset(types))
+    return tuple(found.values())
+
+
 def check_codat_base_url(url: str) -> None:
     """Codat's key travels with every call: only over https, or plain http to this machine
     (the sandbox). Raises ValueError otherwise."""
+    check_endpoint_url(url, "the Codat API key")
+
+
+def check_endpoint_url(url: str, what: str) -> None:
+    """https, or plain http to a loopback host only; raises ValueError otherwise."""
     parts = urlsplit(url)
     if parts.scheme == "https" and parts.hostname:
         return
@@ -189,8 +266,8 @@ def check_codat_base_url(url: str) -> None:
     except ValueError:
         loopback = host == "localhost"
     if not loopback:
-        raise ValueError(f"must be https:// (the Codat API key would go in clear to {host}); "
-                         "http:// is allowed only for a loopback host (the sandbox)")
+        raise ValueError(f"must be https:// ({what} would go in clear to {host}); "
+                         "http:// is allowed only for a loopback host")
 
 
 def load_settings(**overrides: object) -> Settings:

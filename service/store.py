@@ -13,9 +13,11 @@ from datetime import datetime
 from typing import Any
 
 from handlers import decide
+from schemas.changes import NO_LINKED_CONNECTION, ChangeType, move_change, readiness_change
 from schemas.commands import NOTHING_HEARD, Cause, Command, Stored, Verdict, Word
 from schemas.events import CompanyInfo, DataTypeRead, WriteCompleted
 from schemas.state import Source, State
+from service import feed
 from service.db import Row, Tx, sql, to_json
 from service.errors import Contended
 
@@ -147,11 +149,12 @@ _INSERT_COMPANY_IF_MISSING = sql("""
 INSERT INTO companies (id, deleted, bill_pay_ready, created_at, updated_at)
 VALUES ($1, FALSE, FALSE, $2, $2) ON CONFLICT (id) DO NOTHING""")
 
+# Deletion is irreversible: the first company.deleted is the one recorded.
 _DELETE_COMPANY = sql("""
-UPDATE companies SET deleted = TRUE, deleted_at = COALESCE(deleted_at, $2), bill_pay_ready = FALSE,
-    deleted_key = CASE WHEN deleted_key IS NULL OR $3 > deleted_key THEN $3 ELSE deleted_key END,
+UPDATE companies SET deleted = TRUE, deleted_at = $2, bill_pay_ready = FALSE, deleted_key = $3,
     updated_at = $2
-WHERE id = $1""")
+WHERE id = $1 AND NOT deleted
+RETURNING id""")
 
 
 async def upsert_company(tx: Tx, *, company: CompanyInfo, event_time: datetime | None,
@@ -195,13 +198,15 @@ VALUES ($1, $2, $2, $3, $4, $19, $5, $6, $7, $8, $18, 1, $9, $10, $11, $12, $13,
 ON CONFLICT (id) DO NOTHING RETURNING id""")
 # Under the company's row lock, on its newest version: two connections leaving Linked at once on
 # two replicas each count the other's move, so the last one out always clears readiness.
+# RETURNING sees only new values: readiness was just cleared when it was checked at $3.
 _COUNT_LINKED = sql("""
 UPDATE companies SET linked_count = linked_count + $2,
     bill_pay_ready = bill_pay_ready AND linked_count + $2 > 0,
     bill_pay_checked_at = CASE WHEN bill_pay_ready AND linked_count + $2 <= 0 THEN $3
         ELSE bill_pay_checked_at END,
     updated_at = $3
-WHERE id = $1""")
+WHERE id = $1
+RETURNING bill_pay_checked_at = $3 AND NOT bill_pay_ready AS unready""")
 _COMPANY_CONNECTIONS = sql("""
 SELECT id FROM connections WHERE company_id = $1 ORDER BY id{lock}""")
 
@@ -284,8 +289,15 @@ async def _record(tx: Tx, word: Word, verdict: Verdict, exists: bool, *, now: da
         elif await tx.fetchrow(_BORN, *values, word.company_id, now if deleted else None) is None:
             # Another transaction stored the connection after it was read: decide again.
             raise Contended(f"connection {word.connection_id} was stored meanwhile")
+        if change := move_change(word, verdict):
+            await feed.record(tx, change[0], company_id=word.company_id,
+                              connection_id=word.connection_id, data=change[1], at=now)
         if delta := linked_delta(verdict):
-            await tx.execute(_COUNT_LINKED, word.company_id, delta, now)
+            counted = await tx.fetchrow(_COUNT_LINKED, word.company_id, delta, now)
+            if counted is not None and counted["unready"]:
+                await feed.record(tx, ChangeType.READY_CHANGED, company_id=word.company_id,
+                                  connection_id=None, at=now,
+                                  data=readiness_change(False, [NO_LINKED_CONNECTION]))
     await enqueue(tx, commands=verdict.commands, now=now, max_attempts=max_attempts)
     return True
 
@@ -295,7 +307,10 @@ async def delete_company(tx: Tx, *, company: str, key: str, now: datetime,
     """Record company.deleted (its order key ``key``) and delete each connection of the company
     we know; a connection heard of later is deleted when it is (see :func:`apply_word`)."""
     connections = [r["id"] for r in await tx.fetch(_COMPANY_CONNECTIONS, company)]  # locked
-    await tx.execute(_DELETE_COMPANY, company, now, key)
+    if await tx.fetchrow(_DELETE_COMPANY, company, now, key) is None:
+        return []  # deleted before: this is the same word again
+    await feed.record(tx, ChangeType.COMPANY_DELETED, company_id=company, connection_id=None,
+                      data={"eventId": key.split(" ", 2)[2]}, at=now)
     verdicts: list[tuple[str, Verdict]] = []
     for connection_id in connections:
         word = _company_deletion(connection_id, company, key)
@@ -389,10 +404,12 @@ async def record_rate_limit(tx: Tx, *, paused_until: datetime | None, daily_quot
 
 # Ready only while a connection is Linked as this commits: the count is read from the company
 # row's newest version under its lock, so a revocation committed meanwhile is seen.
+_READY_NOW = sql("SELECT bill_pay_ready FROM companies WHERE id = $1{lock}")
 _SET_READINESS = sql("""
 UPDATE companies SET bill_pay_ready = $2 AND linked_count > 0,
     bill_pay_checked_at = $3, bill_pay_detail = $4, updated_at = $3
-WHERE id = $1""")
+WHERE id = $1
+RETURNING bill_pay_ready, linked_count""")
 
 _DATA_TYPE_STATUSES = sql("SELECT data_type, status FROM data_type_status WHERE company_id = $1")
 
@@ -403,7 +420,16 @@ ORDER BY updated_at DESC LIMIT 1""")
 
 async def set_readiness(tx: Tx, *, company_id: str, ready: bool, detail: dict[str, Any],
                         now: datetime) -> None:
-    await tx.execute(_SET_READINESS, company_id, ready, now, to_json(detail))
+    """Record the worker's assessment; a change of readiness goes to the feed."""
+    was = await tx.fetchval(_READY_NOW, company_id)
+    row = await tx.fetchrow(_SET_READINESS, company_id, ready, now, to_json(detail))
+    if row is None or bool(was) == bool(row["bill_pay_ready"]):
+        return
+    why_not = [str(m) for m in detail.get("missing", []) if m != "a Linked connection"]
+    if not row["linked_count"]:
+        why_not.append(NO_LINKED_CONNECTION)
+    await feed.record(tx, ChangeType.READY_CHANGED, company_id=company_id, connection_id=None,
+                      data=readiness_change(bool(row["bill_pay_ready"]), why_not), at=now)
 
 
 async def data_type_statuses(tx: Tx, *, company_id: str) -> dict[str, str]:

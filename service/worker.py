@@ -16,14 +16,16 @@ import time
 import traceback
 from datetime import timedelta
 
-from service import outbox
-from service.codat import CodatNotFound, CodatPermanent, CodatRetryable
+from service import outbox, push
+from service.codat import CodatNotFound, CodatPermanent
 from service.db import Database, utcnow
-from service.errors import DatabaseUnavailable
+from service.errors import DatabaseUnavailable, Retryable
+from service.feed import Horizon
 from service.followups import FollowUps
 from service.logs import get_logger
 from service.metrics import Metrics
 from service.outbox import Job, JobStatus, RetryPolicy
+from service.settings import Subscription
 
 log = get_logger("worker")
 
@@ -37,8 +39,12 @@ class Worker:
 
     def __init__(self, *, db: Database, followups: FollowUps, policy: RetryPolicy,
                  lease_seconds: float, poll_seconds: float, metrics: Metrics | None = None,
-                 worker_id: str | None = None) -> None:
+                 worker_id: str | None = None,
+                 subscriptions: tuple[Subscription, ...] = ()) -> None:
         self._db = db
+        self._subscriptions = subscriptions
+        self._horizon = Horizon()
+        self._handed = -1  # the feed's horizon when changes were last handed to subscribers
         self._followups = followups
         self._policy = policy
         self._lease = timedelta(seconds=lease_seconds)
@@ -49,14 +55,21 @@ class Worker:
         self.heartbeat = time.monotonic()  # the last time the loop went round
 
     async def run_once(self) -> int:
-        """Claim and run at most one due job; return how many ran (0 or 1)."""
+        """Hand new changes to the push subscribers; claim and run at most one due job; return
+        how many ran (0 or 1)."""
+        if self._subscriptions:
+            horizon = await self._horizon.current(self._db, patience=0)
+            if horizon != self._handed:
+                await push.fan_out(self._db, self._subscriptions, horizon,
+                                   max_attempts=self._policy.max_attempts)
+                self._handed = horizon
         now = utcnow()
         paused = await self._db.read(outbox.paused_until)
-        if paused is not None and paused > now:
-            return 0  # Codat's quota is used up: every call waits for the reset
+        # While Codat's quota is used up, every Codat call waits for the reset; pushes do not.
+        codat = paused is None or paused <= now
         jobs = await self._db.write(lambda tx: outbox.claim(
             tx, worker_id=self.worker_id, now=now, lease=self._lease, limit=1,
-            max_attempts=self._policy.max_attempts))
+            max_attempts=self._policy.max_attempts, codat=codat))
         for job in jobs:
             await self._execute(job)
         return len(jobs)
@@ -99,7 +112,7 @@ class Worker:
             with contextlib.suppress(Exception):
                 await self.release_current()
             raise
-        except CodatRetryable as exc:
+        except Retryable as exc:
             error, retryable, retry_after = str(exc), True, exc.retry_after
         except CodatNotFound as exc:
             error, retryable = str(exc), False

@@ -12,7 +12,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.app import Health, build_worker, codat_client, metrics_response
+from service.app import (
+    Health,
+    build_worker,
+    codat_client,
+    metrics_response,
+    push_http_client,
+)
 from service.db import Database, open_database
 from service.localserver import running
 from service.metrics import Metrics
@@ -51,7 +57,9 @@ async def run_worker(settings: Settings, *, worker_id: str | None, host: str,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    worker = build_worker(settings, db, client, metrics, worker_id=worker_id)
+    push_client = push_http_client()
+    worker = build_worker(settings, db, client, metrics, worker_id=worker_id,
+                          push_client=push_client)
     try:
         if port is None:
             await worker.run(stop)
@@ -62,4 +70,5 @@ async def run_worker(settings: Settings, *, worker_id: str | None, host: str,
                 await worker.run(stop)
     finally:
         await client.aclose()
+        await push_client.aclose()
         await db.close()

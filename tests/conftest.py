@@ -27,7 +27,8 @@ from tests.factories import SECRET, SECRET_2, TOKEN, sign
 
 ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TABLES = ("companies", "connections", "connection_history", "deliveries", "delivery_conflicts",
-          "outbox", "data_type_status", "write_results", "rate_limit", "api_idempotency")
+          "outbox", "data_type_status", "write_results", "rate_limit", "api_idempotency",
+          "changes", "feed_state", "subscriber_cursors")
 _OUR_VARIABLES = ("CODAT_WEBHOOK_SECRETS", "DATABASE_URL", "SERVICE_API_TOKENS",
                   "WEBHOOK_TOLERANCE_SECONDS", "WEBHOOK_MAX_BODY_BYTES", "CODAT_API_KEY",
                   "CODAT_BASE_URL", "BILL_PAY_MODE")

@@ -25,7 +25,7 @@ from schemas.events import (
 from schemas.order import order_key
 from schemas.state import ConnectionStatus, State
 from service import batch
-from service.db import Database, Tx, open_database, sql, utcnow
+from service.db import Database, Tx, from_json, open_database, sql, utcnow
 from service.ingest import Examined, Ingest, IngestResult, examine, ingest, new_delivery
 from service.store import DeliveryFacts, NewDelivery
 from tests.conftest import install_failure, remove_failure, truncate_postgres
@@ -120,6 +120,7 @@ _TABLES = {
     "outbox": "SELECT kind, dedupe_key, company_id, connection_id, status FROM outbox",
     "companies": "SELECT id, name, linked_count, bill_pay_ready FROM companies",
     "deliveries": "SELECT message_id, event_id, outcome FROM deliveries",
+    "changes": "SELECT type, company_id, connection_id, data FROM changes",
 }
 
 
@@ -129,7 +130,8 @@ async def tables(db: Database) -> dict[str, list[tuple[Any, ...]]]:
         statement = sql(query)
         rows = await db.read(lambda tx, s=statement: tx.fetch(s))  # type: ignore[misc]
         out[table] = sorted((tuple(bool(v) if k in ("deleted", "skipped", "bill_pay_ready")
-                                   else v for k, v in dict(r).items()) for r in rows), key=repr)
+                                   else from_json(v) if k == "data" else v
+                                   for k, v in dict(r).items()) for r in rows), key=repr)
     return out
 
 

@@ -14,6 +14,7 @@ import pytest
 from schemas.order import new_message_id
 from service.localserver import free_port
 from tests.conftest import (
+    TABLES,
     Service,
     install_failure,
     make_settings,
@@ -32,9 +33,7 @@ from tests.factories import (
     sign,
 )
 
-EMPTY = {"companies": 0, "connections": 0, "connection_history": 0, "deliveries": 0,
-         "delivery_conflicts": 0, "outbox": 0, "data_type_status": 0, "write_results": 0,
-         "rate_limit": 0, "api_idempotency": 0}
+EMPTY = dict.fromkeys(TABLES, 0)
 
 
 async def connection_state(service: Service, connection_id: str) -> dict[str, object]:
