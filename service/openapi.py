@@ -3,7 +3,7 @@
 Schemas come from the pydantic models the API validates its requests with and serializes its
 responses through (:mod:`service.api_models`, :mod:`service.feed_models`); paths, parameters,
 scopes and statuses from the operations declared beside the routes (``service.api``,
-``service.onboarding``). ``tests/test_openapi.py`` checks that
+``service.onboarding``, and the change feed's ``FEED``). ``tests/test_openapi.py`` checks that
 every route is documented, every documented path is served, and every real response, errors
 included, validates against this document.
 """
@@ -19,10 +19,10 @@ from pydantic.alias_generators import to_camel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, models_json_schema
 from pydantic_core import CoreSchema
 
-from service import api, api_models, onboarding
+from service import api, api_models, feed_models, onboarding
 from service.operations import Operation
 
-OPERATIONS: tuple[Operation, ...] = (*api.OPERATIONS, *onboarding.OPERATIONS)
+OPERATIONS: tuple[Operation, ...] = (*api.OPERATIONS, *onboarding.OPERATIONS, feed_models.FEED)
 _PROBE_MODELS = (api_models.Health, api_models.Ready, api_models.NotReady)
 _PATH_PARAMETERS = {
     "company_id": "Codat's company id (a UUID)",
@@ -33,7 +33,7 @@ _REF_TEMPLATE = "#/components/schemas/{model}"
 _SECURITY = (
     "A token from SERVICE_API_TOKENS (full rights: scopes read and write) or from "
     "SERVICE_READ_TOKENS (scope read only). Each operation names the scope it needs: read for "
-    "the query API, write for onboarding (a read-only token gets 403).")
+    "the query API and the change feed, write for onboarding (a read-only token gets 403).")
 
 
 class _Schema(GenerateJsonSchema):
@@ -49,7 +49,7 @@ Refs = dict[type[BaseModel], dict[str, Any]]
 def _components() -> tuple[Refs, dict[str, Any]]:
     """Every model's schema under #/components/schemas, and a $ref to each by model."""
     wanted: dict[type[BaseModel], JsonSchemaMode] = {api_models.Error: "serialization"}
-    for model in _PROBE_MODELS:
+    for model in (*_PROBE_MODELS, *feed_models.CHANGE_MODELS, feed_models.Change):
         wanted[model] = "serialization"
     for operation in OPERATIONS:
         wanted[operation.response] = "serialization"
@@ -154,7 +154,7 @@ def openapi_document() -> dict[str, Any]:
         "info": {"title": "codat-hooks API", "version": "1",
                  "description": "The state of SMB customers' links to their accounting "
                                 "software, kept from Codat's webhooks; onboarding into Codat's "
-                                "Bill Pay."},
+                                "Bill Pay; a feed of every change."},
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": _SECURITY}},

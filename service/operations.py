@@ -2,7 +2,7 @@
 model, and ``/openapi.json`` describes it (:mod:`service.openapi`).
 
 The modules that serve the routes declare their operations beside them (``service.api``,
-``service.onboarding``), so a route's path, method,
+``service.onboarding``; the change feed's in ``service.feed_models``), so a route's path, method,
 scope, parameters, success model and status are written once.
 """
 

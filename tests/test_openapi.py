@@ -1,14 +1,15 @@
 """/openapi.json: a valid OpenAPI 3.1 document, derived from the models; every route documented
 and every documented path served; every query API route and probe driven on SQLite and
 PostgreSQL with data from signed webhooks, each real answer (errors included) validated against
-the document. The onboarding routes are driven against the sandbox in test_openapi_flow.py.
+the document; each change type's schema checked on examples. The onboarding routes and the
+change feed are driven against the sandbox in test_openapi_flow.py.
 """
 
 from __future__ import annotations
 
 import copy
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
@@ -17,9 +18,10 @@ import httpx
 import pytest
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
+from pydantic import ValidationError
 from starlette.routing import Route
 
-from service import api_models
+from service import api_models, feed_models
 from service.localserver import free_port
 from service.openapi import document_path, openapi_document
 from service.outbox import JobStatus
@@ -36,6 +38,9 @@ from tests.factories import (
 )
 
 READ_TOKEN = "read-token-0123456789"
+FEED = "/v1/events"
+FEED_NOT_SERVED = ("GET /v1/events answers 404: the change feed (issue #13) is not served on "
+                   "this branch yet; this runs once service/feed.py routes it")
 DOCUMENT = openapi_document()
 SERVED_PREFIXES = ("/v1/", "/healthz", "/readyz")
 
@@ -101,7 +106,16 @@ async def test_every_route_is_documented_and_every_documented_operation_served(
     documented = set(_operations(DOCUMENT))
     assert len(routes) >= 12
     assert routes - documented == set(), "served, not documented"
-    assert documented - routes == set(), "documented, not served"
+    # The feed is documented ahead of its route: test_the_change_feed_is_served says so.
+    assert documented - routes - {("get", FEED)} == set(), "documented, not served"
+
+
+async def test_the_change_feed_is_served(service: Service) -> None:
+    if ("get", FEED) not in _routes(service.app):
+        answer = await service.get(FEED)
+        assert answer.status_code == 404
+        pytest.skip(FEED_NOT_SERVED)
+    assert (await service.get(FEED)).status_code == 200
 
 
 def test_every_operation_names_its_scope_and_path_parameters() -> None:
@@ -123,8 +137,136 @@ def test_every_operation_names_its_scope_and_path_parameters() -> None:
         assert expected <= set(operation["responses"]), (method, path)
 
 
+def test_the_feed_and_each_change_type_are_in_the_document() -> None:
+    schemas = DOCUMENT["components"]["schemas"]
+    feed = DOCUMENT["paths"][FEED]["get"]
+    assert feed["responses"]["200"]["content"]["application/json"]["schema"] == \
+        {"$ref": "#/components/schemas/FeedPage"}
+    assert {"400", "410"} <= set(feed["responses"])
+    assert {p["name"]: p["schema"].get("maximum") for p in feed["parameters"]} == \
+        {"after": None, "limit": 500, "wait": 30, "companyId": None, "connectionId": None,
+         "type": None}
+    types = next(p for p in feed["parameters"] if p["name"] == "type")["schema"]["enum"]
+    change = schemas["Change"]
+    assert set(change["discriminator"]["mapping"]) == set(types) == set(feed_models.CHANGE_TYPES)
+    for name in ("ConnectionStatusChanged", "ConnectionDeleted", "CompanyBillPayReadyChanged",
+                 "CompanyDeleted"):
+        assert {"$ref": f"#/components/schemas/{name}"} in change["oneOf"]
+        assert schemas[name]["required"] == ["id", "type", "at", "companyId", "connectionId",
+                                             "data"]
+
+
 def test_the_models_name_what_the_code_uses() -> None:
     assert set(get_args(api_models.JobStatusName)) == set(JobStatus.ALL)
+    assert set(feed_models.CHANGE_TYPES) == {
+        get_args(model.model_fields["type"].annotation)[0]
+        for model in feed_models.CHANGE_MODELS}
+
+
+# --- change types: examples --------------------------------------------------------------------
+
+COMPANY, CONNECTION = "8a210b68-6988-11ed-a1eb-0242ac120002", "ee2eb431-c0fa-4dc9-93fa-d29781c12bcd"
+CAUSE = {"source": "webhook", "eventId": "a6ba8ea8-2f9c-4f6c-9d16-b4d3ee6a1e2d",
+         "eventType": "connection.connected", "deliveryId": "msg_2Ls2aBPfsF7FQ1ShJmf1Xnjjysm"}
+EXAMPLES: dict[str, dict[str, Any]] = {
+    "ConnectionStatusChanged": {
+        "id": "c-000000000042", "type": "connection.status_changed",
+        "at": "2026-11-01T12:00:01.123456Z", "companyId": COMPANY, "connectionId": CONNECTION,
+        "data": {"from": "PendingAuth", "to": "Linked", "skipped": False, "cause": CAUSE}},
+    "ConnectionDeleted": {
+        "id": "c-000000000043", "type": "connection.deleted", "at": "2026-11-02T08:30:00Z",
+        "companyId": COMPANY, "connectionId": CONNECTION,
+        "data": {"from": "Unlinked", "cause": {"source": "reconcile", "eventId": "job:7f1c",
+                                               "eventType": "reconcile_connection",
+                                               "deliveryId": None}}},
+    "CompanyBillPayReadyChanged": {
+        "id": "c-000000000044", "type": "company.bill_pay_ready_changed",
+        "at": "2026-11-01T12:00:03Z", "companyId": COMPANY, "connectionId": None,
+        "data": {"ready": False, "whyNot": [f"bills: Fetching (connection {CONNECTION}, last "
+                                            "read 2026-11-01T12:00:02Z)"]}},
+    "CompanyDeleted": {
+        "id": "c-000000000045", "type": "company.deleted", "at": "2026-11-03T00:00:00+00:00",
+        "companyId": COMPANY, "connectionId": None,
+        "data": {"eventId": "0b7f0bfa-3f2e-4b0b-8e3e-f0c2d9b1f3a1"}},
+}
+
+
+def _set(*path: str | int, to: Any) -> Callable[[dict[str, Any]], None]:
+    def change(example: dict[str, Any]) -> None:
+        target: Any = example
+        for step in path[:-1]:
+            target = target[step]
+        target[path[-1]] = to
+    return change
+
+
+def _drop(*path: str) -> Callable[[dict[str, Any]], None]:
+    def change(example: dict[str, Any]) -> None:
+        target: Any = example
+        for step in path[:-1]:
+            target = target[step]
+        del target[path[-1]]
+    return change
+
+
+WRONG: list[tuple[str, str, Callable[[dict[str, Any]], None]]] = [
+    ("ConnectionStatusChanged", "a state that does not exist", _set("data", "to", to="Frozen")),
+    ("ConnectionStatusChanged", "no cause", _drop("data", "cause")),
+    ("ConnectionStatusChanged", "a null connectionId", _set("connectionId", to=None)),
+    ("ConnectionStatusChanged", "skipped as text", _set("data", "skipped", to="no")),
+    ("ConnectionStatusChanged", "a cause from nowhere known", _set("data", "cause", "source",
+                                                                    to="cli")),
+    ("ConnectionStatusChanged", "a cause without its event", _drop("data", "cause", "eventId")),
+    ("ConnectionStatusChanged", "at not a date-time", _set("at", to="yesterday")),
+    ("ConnectionStatusChanged", "at with no time zone", _set("at", to="2026-11-01T12:00:01")),
+    ("ConnectionStatusChanged", "to null", _set("data", "to", to=None)),
+    ("ConnectionStatusChanged", "a field no change has", _set("data", "ready", to=True)),
+    ("ConnectionDeleted", "no from", _drop("data", "from")),
+    ("ConnectionDeleted", "a to, which a deletion has not", _set("data", "to", to="Deleted")),
+    ("ConnectionDeleted", "another type's data", _set("data", to={"eventId": "e"})),
+    ("CompanyBillPayReadyChanged", "a connectionId", _set("connectionId", to=CONNECTION)),
+    ("CompanyBillPayReadyChanged", "whyNot as one text", _set("data", "whyNot", to="no")),
+    ("CompanyBillPayReadyChanged", "ready missing", _drop("data", "ready")),
+    ("CompanyDeleted", "no eventId", _drop("data", "eventId")),
+    ("CompanyDeleted", "a connection's type", _set("type", to="connection.deleted")),
+    ("CompanyDeleted", "a type that does not exist", _set("type", to="company.renamed")),
+    ("CompanyDeleted", "no id", _drop("id")),
+    ("CompanyDeleted", "a numeric companyId", _set("companyId", to=42)),
+]
+
+
+@pytest.mark.parametrize("name", list(EXAMPLES))
+def test_each_change_type_accepts_a_realistic_example(name: str) -> None:
+    contract = Contract(DOCUMENT)
+    example = EXAMPLES[name]
+    assert contract.schema_problems(name, example) == []
+    assert contract.schema_problems("Change", example) == []
+    assert contract.schema_problems("FeedPage", {"results": [example], "next": "c42"}) == []
+    parsed = feed_models.Change.model_validate(example)
+    assert type(parsed.root).__name__ == name
+    served = parsed.model_dump(mode="json", by_alias=True)
+    assert served == {**example, "at": served["at"]}
+    assert contract.schema_problems(name, served) == []
+
+
+@pytest.mark.parametrize(("name", "wrong", "change"), WRONG,
+                         ids=[f"{name}: {wrong}" for name, wrong, _ in WRONG])
+def test_each_change_type_refuses_a_wrong_one(name: str, wrong: str,
+                                              change: Callable[[dict[str, Any]], None]) -> None:
+    contract = Contract(DOCUMENT)
+    example = copy.deepcopy(EXAMPLES[name])
+    change(example)
+    assert contract.schema_problems(name, example), f"the {name} schema took {wrong}"
+    assert contract.schema_problems("Change", example), f"the Change schema took {wrong}"
+    with pytest.raises(ValidationError):
+        feed_models.Change.model_validate(example)
+
+
+def test_a_feed_page_always_has_a_next_cursor() -> None:
+    contract = Contract(DOCUMENT)
+    assert contract.schema_problems("FeedPage", {"results": [], "next": "c42"}) == []
+    assert contract.schema_problems("FeedPage", {"results": [], "next": None})
+    assert contract.schema_problems("FeedPage", {"results": []})
 
 
 # --- the query API, driven -----------------------------------------------------------------------
@@ -206,7 +348,7 @@ async def test_every_query_route_answers_as_documented(reader_service: Service) 
     seeded = await _seed(service)
     reader = {"authorization": f"Bearer {READ_TOKEN}"}
     gets = [path for method, path in _operations(contract.document)
-            if method == "get" and path.startswith("/v1/")]
+            if method == "get" and path.startswith("/v1/") and path != FEED]
     assert len(gets) == 7
     for path in gets:
         url = _fill(path, seeded)
@@ -260,6 +402,9 @@ async def test_with_the_database_unreachable_every_route_is_503() -> None:
         contract.attach(client)
         served = _routes(app)
         for method, path in _operations(DOCUMENT):
+            if (method, path) not in served:
+                assert path == FEED
+                continue
             target = _fill(path, Seeded(new_id(), new_id(), "msg_1"))
             body = BODIES.get(path) if method == "post" else None
             answer = await client.request(method, target, json=body,
