@@ -1,7 +1,7 @@
 """The query API for internal services: bearer-token auth, camelCase JSON, keyset pagination.
 
 Each route is declared as an :class:`~service.operations.Operation` below, next to its endpoint:
-its success answers through that operation's model, and ``/openapi.json`` describes it.
+its success is checked against that operation's model, and ``/openapi.json`` describes it.
 """
 
 from __future__ import annotations

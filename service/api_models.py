@@ -1,14 +1,16 @@
 """What the API takes and answers, as pydantic models: the one description of its JSON.
 
-Request bodies are validated through these models; every response of the query and onboarding
-API is serialized through them (:meth:`service.operations.Operation.answer`), and
-``/openapi.json`` is derived from them (:mod:`service.openapi`). So what is served, what is
-checked and what is documented cannot drift apart. The change feed's models are in
-:mod:`service.feed_models`.
+Request bodies are validated through these models; every success of the query and onboarding
+API is validated against its model, strictly, before it is served
+(:meth:`service.operations.Operation.serialize`), and every error is built through
+:class:`Error`; ``/openapi.json`` is derived from them (:mod:`service.openapi`). So what is
+served, what is checked and what is documented cannot drift apart. The change feed's models are
+in :mod:`service.feed_models`.
 
-Response models forbid undeclared keys, and their booleans and integers are strict: a key added
-to a query's dict but not here, or a value of another type, fails loudly (in the tests, which
-drive every route) instead of being served undocumented, dropped or coerced.
+Response models forbid undeclared keys, and their booleans and integers are strict even when a
+model is built in Python: a key added to a query's dict but not here, or a value of another
+type, fails loudly (in the tests, which drive every route) instead of being served undocumented
+or coerced.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The change feed's page and each kind of change, as pydantic models, and its operation
-(``GET /v1/events``) as data: ``/openapi.json`` describes them, and the feed answers through them
-(``FEED.answer(page)``, as the query API does).
+(``GET /v1/events``) as data: ``/openapi.json`` describes them, and the feed's answers are checked
+against them (``FEED.answer(page)``, as the query API's are).
 
 A change is one of four types, told apart by ``type``; each has the same envelope (``id``,
 ``type``, ``at``, ``companyId``, ``connectionId``) and its own ``data``. ``connectionId`` is a

@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 document served at /openapi.json, derived, never written by hand.
 
-Schemas come from the pydantic models the API validates its requests with and serializes its
-responses through (:mod:`service.api_models`, :mod:`service.feed_models`); paths, parameters,
+Schemas come from the pydantic models the API validates its requests and its responses
+against (:mod:`service.api_models`, :mod:`service.feed_models`); paths, parameters,
 scopes and statuses from the operations declared beside the routes (``service.api``,
 ``service.onboarding``, and the change feed's ``FEED``). ``tests/test_openapi.py`` checks that
 every route is documented, every documented path is served, and every real response, errors

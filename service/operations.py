@@ -1,5 +1,5 @@
-"""Each API operation as data: its route is built from it, its success answers through its
-model, and ``/openapi.json`` describes it (:mod:`service.openapi`).
+"""Each API operation as data: its route is built from it, its success is checked against its
+model before it is served, and ``/openapi.json`` describes it (:mod:`service.openapi`).
 
 The modules that serve the routes declare their operations beside them (``service.api``,
 ``service.onboarding``; the change feed's in ``service.feed_models``), so a route's path, method,
@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, TypeAdapter
 from starlette.responses import Response
 from starlette.routing import Route
@@ -59,14 +60,17 @@ class Operation:
         return Route(self.path, auth.protect(endpoint, self.scope), methods=[self.method])
 
     def serialize(self, content: Any) -> bytes:
-        """``content`` (the dict a query built) through the response model, as JSON. A key the
-        model does not declare, or a value of another type, raises: never served undocumented.
-        Keys absent from ``content`` that have a default stay absent (a delivery's body)."""
-        model = self.response.model_validate(content)
-        return model.model_dump_json(by_alias=True, exclude_unset=True).encode()
+        """``content`` (the dict a query built) as JSON, once it validates against the response
+        model in strict mode: a key the model does not declare, a missing one, or a value of
+        another type (a number where a date-time belongs) raises, and is never served. What is
+        served is the validated bytes themselves, so nothing is converted on the way out."""
+        body = orjson.dumps(content)
+        self.response.model_validate_json(body, strict=True)
+        return body
 
     def answer(self, content: Any, headers: dict[str, str] | None = None) -> Response:
-        """The success response: ``content`` through the model, with this operation's status."""
+        """The success response: ``content`` checked by the model, with this operation's
+        status."""
         return Response(self.serialize(content), self.status, headers,
                         media_type="application/json")
 

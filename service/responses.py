@@ -1,5 +1,5 @@
 """The API's JSON responses. Errors are built through :class:`service.api_models.Error`, so
-every error body is what ``/openapi.json`` says; a success answers through its operation's model
+every error body is what ``/openapi.json`` says; a success is checked against its operation's model
 (:meth:`service.operations.Operation.answer`)."""
 
 from __future__ import annotations
