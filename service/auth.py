@@ -20,13 +20,13 @@ from collections.abc import Awaitable, Callable
 from enum import StrEnum
 
 import asyncpg
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
 from service.edge import EdgeRefusal, check_request
 from service.errors import DatabaseUnavailable
 from service.queries import BadQuery
+from service.responses import error as _error
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 ScopeSource = Callable[[Request], "Scope | None"]
@@ -38,11 +38,6 @@ class Scope(StrEnum):
 
     def covers(self, needed: Scope) -> bool:
         return self is Scope.WRITE or needed is Scope.READ
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps({"statusCode": status, "error": message}), status, headers,
-                    media_type="application/json")
 
 
 def token_id(token: str) -> str:

@@ -11,19 +11,10 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
-import orjson
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -32,8 +23,8 @@ from schemas.commands import Cause
 from schemas.events import CompanyInfo
 from schemas.platforms import PLATFORM_NAMES, SUPPORTED_PLATFORMS, BillPayMode
 from schemas.state import Source, State
+from service import api_models as m
 from service import outbox, queries, store
-from service.api import error, json_response
 from service.auth import Scope, TokenAuth
 from service.codat import (
     CodatClient,
@@ -44,54 +35,15 @@ from service.codat import (
     Connection,
 )
 from service.db import Database, Tx, as_dt, sql, utcnow
-from service.edge import storable
 from service.errors import PayloadTooLarge
 from service.followups import codat_word
 from service.limits import read_body
+from service.operations import Operation, Param
+from service.responses import codat_error, error
 
 STALE_IN_PROGRESS = timedelta(minutes=5)  # a first attempt that died mid-way can be retried
 MAX_BODY_BYTES = 64 * 1024
 MAX_IDEMPOTENCY_KEY = 255
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    @model_validator(mode="after")
-    def _storable(self) -> Self:
-        # Refused here, before Codat is called: nothing half-done is left behind.
-        for name, value in self:
-            texts = [value] if isinstance(value, str) else \
-                [*value.keys(), *value.values()] if isinstance(value, dict) else []
-            if not all(storable(text) for text in texts):
-                raise ValueError(f"{name}: contains a character that cannot be stored "
-                                 "(NUL or a lone surrogate)")
-        return self
-
-
-class NewCompany(_Body):
-    name: str = Field(min_length=1, max_length=255)
-    description: str | None = Field(default=None, max_length=1000)
-    tags: dict[str, str] | None = None
-
-    @field_validator("tags")
-    @classmethod
-    def _codat_tag_rules(cls, tags: dict[str, str] | None) -> dict[str, str] | None:
-        if tags is not None:
-            if len(tags) > 10:
-                raise ValueError("at most 10 tags")
-            for key, value in tags.items():
-                if not 1 <= len(key) <= 27 or len(value) > 100:
-                    raise ValueError("a tag key is 1-27 characters, a value at most 100")
-        return tags
-
-
-class NewConnection(_Body):
-    platform_key: str = Field(alias="platformKey", pattern=r"^[a-z]{4}$")
-
-
-class Unlink(_Body):
-    reason: str | None = Field(default=None, max_length=500)
 
 
 class ApiError(Exception):
@@ -125,10 +77,40 @@ def codat_failure(exc: CodatError) -> ApiError:
     return ApiError(502, f"Codat refused our request: {exc}", correlation_id=cid)
 
 
-@dataclass(frozen=True, slots=True)
-class _Result:
-    status: int
-    body: dict[str, Any]
+IDEMPOTENCY_KEY = Param(
+    "Idempotency-Key", "the same key with the same body replays the first answer (with header "
+    f"Idempotent-Replayed: true) and calls Codat no second time; 1 to {MAX_IDEMPOTENCY_KEY} "
+    "printable characters",
+    where="header")
+_ERRORS = {
+    400: "Codat refused the request as invalid",
+    409: "A request with this Idempotency-Key is still in progress (retry after Retry-After)",
+    413: f"A body over {MAX_BODY_BYTES // 1024} KiB",
+    422: "An invalid body or Idempotency-Key, a key reused with another body, or Codat found "
+         "the request invalid",
+    502: "Codat failed, or refused our credentials",
+    503: "Codat is rate limiting us or still working on the request, or the database is "
+         "unavailable (retry after Retry-After)",
+    504: "Codat did not answer in time",
+}
+CREATE_COMPANY = Operation(
+    "POST", "/v1/companies", "Create a Codat company for an SMB customer", m.Company,
+    status=201, scope=Scope.WRITE, params=(IDEMPOTENCY_KEY,), body=m.NewCompany,
+    errors=_ERRORS)
+CREATE_CONNECTION = Operation(
+    "POST", "/v1/companies/{company_id}/connections",
+    "Create a connection for a platformKey; answers its linkUrl (status PendingAuth)",
+    m.Connection, status=201, scope=Scope.WRITE, params=(IDEMPOTENCY_KEY,),
+    body=m.NewConnection, errors={
+        **_ERRORS, 404: "No such company at Codat",
+        422: f"{_ERRORS[422]}, or a platformKey BILL_PAY_MODE does not support"})
+UNLINK = Operation(
+    "POST", "/v1/companies/{company_id}/connections/{connection_id}/unlink",
+    "Unlink a Linked connection (Codat: its status PATCHed to Unlinked)", m.Connection,
+    scope=Scope.WRITE, params=(IDEMPOTENCY_KEY,), body=m.Unlink, body_required=False,
+    errors={**_ERRORS, 404: "No such connection of this company",
+            409: f"The connection is not Linked; or: {_ERRORS[409]}"})
+OPERATIONS = (CREATE_COMPANY, CREATE_CONNECTION, UNLINK)
 
 
 _BEGIN_KEY = sql("""
@@ -158,20 +140,15 @@ class OnboardingApi:
         self._supported = sorted(SUPPORTED_PLATFORMS[mode])
 
     def routes(self, auth: TokenAuth) -> list[Route]:
-        return [
-            Route("/v1/companies", auth.protect(self.create_company, Scope.WRITE),
-                  methods=["POST"]),
-            Route("/v1/companies/{company_id}/connections",
-                  auth.protect(self.create_connection, Scope.WRITE), methods=["POST"]),
-            Route("/v1/companies/{company_id}/connections/{connection_id}/unlink",
-                  auth.protect(self.unlink, Scope.WRITE), methods=["POST"]),
-        ]
+        return [CREATE_COMPANY.route(self.create_company, auth),
+                CREATE_CONNECTION.route(self.create_connection, auth),
+                UNLINK.route(self.unlink, auth)]
 
     # --- endpoints ----------------------------------------------------------------------------
 
     async def create_company(self, request: Request) -> Response:
         async def action(codat_key: str) -> Any:
-            new = await _parse(request, NewCompany)
+            new = await _parse(request, m.NewCompany)
             company = await self._client.create_company(
                 name=new.name, description=new.description, tags=new.tags,
                 idempotency_key=codat_key)
@@ -182,15 +159,15 @@ class OnboardingApi:
                 await store.upsert_company(tx, company=info, event_time=None, now=utcnow())
             return company.id, write
 
-        async def shape(tx: Tx, company_id: str) -> _Result:
-            return _Result(201, await queries.get_company(tx, company_id) or {})
-        return await self._idempotent(request, action, shape)
+        async def shape(tx: Tx, company_id: str) -> Any:
+            return await queries.get_company(tx, company_id)
+        return await self._idempotent(request, CREATE_COMPANY, action, shape)
 
     async def create_connection(self, request: Request) -> Response:
         company_id = request.path_params["company_id"]
 
         async def action(codat_key: str) -> Any:
-            new = await _parse(request, NewConnection)
+            new = await _parse(request, m.NewConnection)
             if new.platform_key not in SUPPORTED_PLATFORMS[self._mode]:
                 names = ", ".join(f"{k} ({PLATFORM_NAMES[k]})" for k in self._supported)
                 raise ApiError(422, f"platformKey {new.platform_key!r} is not supported by "
@@ -202,16 +179,16 @@ class OnboardingApi:
             return connection.id, self._store_move(company_id, connection, cause,
                                                    State.PENDING_AUTH, utcnow())
 
-        async def shape(tx: Tx, connection_id: str) -> _Result:
-            return _Result(201, await queries.get_connection(tx, connection_id) or {})
-        return await self._idempotent(request, action, shape)
+        async def shape(tx: Tx, connection_id: str) -> Any:
+            return await queries.get_connection(tx, connection_id)
+        return await self._idempotent(request, CREATE_CONNECTION, action, shape)
 
     async def unlink(self, request: Request) -> Response:
         company_id = request.path_params["company_id"]
         connection_id = request.path_params["connection_id"]
 
         async def action(codat_key: str) -> Any:
-            body = await _parse(request, Unlink, allow_empty=True)
+            body = await _parse(request, m.Unlink, allow_empty=True)
             current = await self._db.read(lambda tx: queries.get_connection(tx, connection_id))
             if current is None or current["companyId"] != company_id:
                 raise ApiError(404, f"no connection {connection_id} for company {company_id}")
@@ -228,9 +205,9 @@ class OnboardingApi:
             return connection_id, self._store_move(company_id, connection, cause,
                                                    State.UNLINKED, utcnow())
 
-        async def shape(tx: Tx, connection_id: str) -> _Result:
-            return _Result(200, await queries.get_connection(tx, connection_id) or {})
-        return await self._idempotent(request, action, shape)
+        async def shape(tx: Tx, connection_id: str) -> Any:
+            return await queries.get_connection(tx, connection_id)
+        return await self._idempotent(request, UNLINK, action, shape)
 
     # --- shared -------------------------------------------------------------------------------
 
@@ -245,8 +222,8 @@ class OnboardingApi:
             await store.apply_word(tx, word, now=utcnow())
         return write
 
-    async def _idempotent(self, request: Request, action: Action,
-                          shape: Callable[[Tx, str], Awaitable[_Result]]) -> Response:
+    async def _idempotent(self, request: Request, operation: Operation, action: Action,
+                          shape: Callable[[Tx, str], Awaitable[Any]]) -> Response:
         try:
             body = await read_body(request, MAX_BODY_BYTES)
         except PayloadTooLarge as exc:
@@ -285,22 +262,21 @@ class OnboardingApi:
                     key = None  # kept, marked failed: the caller may retry with it
                 raise codat_failure(exc) from None
 
-            async def commit(tx: Tx) -> _Result:
+            async def commit(tx: Tx) -> bytes:
                 if write is not None:
                     await write(tx)
-                result = await shape(tx, resource_id)
+                # Through the operation's model: what is stored for a replay is what is served.
+                answer = operation.serialize(await shape(tx, resource_id))
                 if key:
-                    await tx.execute(_COMPLETE_KEY, key, result.status,
-                                     orjson.dumps(result.body).decode(), utcnow())
-                return result
-            result = await self._db.write(commit)
+                    await tx.execute(_COMPLETE_KEY, key, operation.status, answer.decode(),
+                                     utcnow())
+                return answer
+            answer = await self._db.write(commit)
         except ApiError as exc:
             if key:
                 await self._db.write(lambda tx: tx.execute(_FORGET_KEY, key))
-            body_json = {"statusCode": exc.status, "error": str(exc),
-                         "correlationId": exc.correlation_id}
-            return json_response(body_json, exc.status, exc.headers)
-        return json_response(result.body, result.status)
+            return codat_error(exc.status, str(exc), exc.correlation_id, exc.headers)
+        return Response(answer, operation.status, media_type="application/json")
 
 
 async def _begin(tx: Tx, key: str, request_hash: str) -> Response | int:
