@@ -6,7 +6,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service.api import error, json_response
 from service.auth import TokenAuth
 from service.feed import (
     MAX_LIMIT,
@@ -18,6 +17,8 @@ from service.feed import (
     encode_cursor,
     parse_filters,
 )
+from service.feed_models import FEED
+from service.responses import error
 
 
 def _number(raw: str | None, name: str, default: float, low: float, high: float) -> float:
@@ -56,8 +57,7 @@ class FeedApi:
                                     params.get("type") or None)
             raw = params.get("after") or None
             if raw == "now":
-                return json_response({"results": [],
-                                      "next": encode_cursor(await self._feed.now())})
+                return FEED.answer({"results": [], "next": encode_cursor(await self._feed.now())})
             after = None if raw is None else decode_cursor(raw)
         except BadCursor as exc:
             return error(400, str(exc))
@@ -65,7 +65,7 @@ class FeedApi:
             page = await self._feed.page(after=after, limit=limit, wait=wait, filters=filters)
         except FeedGone as exc:
             return error(410, str(exc))
-        return json_response({"results": page.results, "next": encode_cursor(page.next)})
+        return FEED.answer({"results": page.results, "next": encode_cursor(page.next)})
 
     def routes(self, auth: TokenAuth) -> list[Route]:
-        return [Route("/v1/events", auth.protect(self.events), methods=["GET"])]
+        return [FEED.route(self.events, auth)]

@@ -9,10 +9,11 @@ string on a connection's change and always null on a company's.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal
 
 from pydantic import Field, RootModel, StrictBool
 
+from schemas.changes import ChangeType
 from schemas.state import Source, State
 from service.api_models import ApiModel, Time
 from service.operations import Operation, Param
@@ -80,7 +81,7 @@ class _CompanyChange(_Change):
 class ConnectionStatusChanged(_Change):
     """A connection's state changed."""
 
-    type: Literal["connection.status_changed"]
+    type: Literal[ChangeType.STATUS_CHANGED]
     connection_id: str
     data: StatusChangedData
 
@@ -88,7 +89,7 @@ class ConnectionStatusChanged(_Change):
 class ConnectionDeleted(_Change):
     """A connection was deleted."""
 
-    type: Literal["connection.deleted"]
+    type: Literal[ChangeType.CONNECTION_DELETED]
     connection_id: str
     data: ConnectionDeletedData
 
@@ -96,14 +97,14 @@ class ConnectionDeleted(_Change):
 class CompanyBillPayReadyChanged(_CompanyChange):
     """A company's Bill Pay readiness changed."""
 
-    type: Literal["company.bill_pay_ready_changed"]
+    type: Literal[ChangeType.READY_CHANGED]
     data: BillPayReadyChangedData
 
 
 class CompanyDeleted(_CompanyChange):
     """A company was deleted."""
 
-    type: Literal["company.deleted"]
+    type: Literal[ChangeType.COMPANY_DELETED]
     data: CompanyDeletedData
 
 
@@ -112,9 +113,7 @@ CHANGE_MODELS = (ConnectionStatusChanged, ConnectionDeleted, CompanyBillPayReady
 AnyChange = Annotated[ConnectionStatusChanged | ConnectionDeleted | CompanyBillPayReadyChanged
                       | CompanyDeleted, Field(discriminator="type")]
 # The feed's type filter (tests/test_openapi.py holds it equal to the models' types).
-ChangeType = Literal["connection.status_changed", "connection.deleted",
-                     "company.bill_pay_ready_changed", "company.deleted"]
-CHANGE_TYPES: tuple[str, ...] = get_args(ChangeType)
+CHANGE_TYPES: tuple[str, ...] = tuple(ChangeType)
 
 
 class Change(RootModel[AnyChange]):
@@ -140,7 +139,7 @@ FEED = Operation(
               default=100),
         Param("wait", f"when nothing is new, wait up to this many seconds (at most "
                       f"{MAX_WAIT_SECONDS}) for a change to commit",
-              Annotated[int, Field(ge=0, le=MAX_WAIT_SECONDS)], default=0),
+              Annotated[float, Field(ge=0, le=MAX_WAIT_SECONDS)], default=0),
         Param("companyId", "only this company's changes"),
         Param("connectionId", "only this connection's changes"),
         Param("type", "only changes of this type", ChangeType)),

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.changes import ChangeType
 from service.errors import ConfigError
 from service.protocol import ConnectionLimits
 
@@ -202,8 +203,7 @@ class Settings(BaseSettings):
         return self
 
 
-_CHANGE_TYPES = frozenset({"connection.status_changed", "connection.deleted",
-                           "company.bill_pay_ready_changed", "company.deleted"})
+_CHANGE_TYPES = frozenset(ChangeType)
 _NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
 
