@@ -1031,3 +1031,39 @@ async def test_bad_settings_exit_non_zero_naming_the_variable(service: Service,
                  ["outbox", "list"], ["prune", "--older-than", "1d", "--apply", "--reason", "r"]):
         result = fails(await cli(*args, DATABASE_URL="mysql://somewhere/db"))
         assert "invalid configuration: DATABASE_URL" in result.output
+
+
+# --- the change feed on the terminal -------------------------------------------------------------
+
+async def test_events_tail_prints_the_latest_changes(service: Service, cli: Cli) -> None:
+    company, other = new_id(), new_id()
+    mine, theirs = new_id(), new_id()
+    await moves(service, company, mine, LINK)
+    await moves(service, other, theirs, LINK, start=10)
+    lines = ok(await cli("events", "tail", "-n", "3")).stdout.splitlines()
+    assert len(lines) == 3 and all(theirs in line or mine in line for line in lines)
+    assert "PendingAuth -> Linked" in lines[-1] and "connection.connected" in lines[-1]
+    printed = [orjson.loads(line) for line in ok(await cli(
+        "events", "tail", "--company", company, "--json")).stdout.splitlines()]
+    assert [(c["connectionId"], c["data"]["to"]) for c in printed] == [
+        (mine, "PendingAuth"), (mine, "Linked")]
+    assert "\x1b" not in ok(await cli("events", "tail")).stdout
+
+
+async def test_events_tail_follow_prints_each_change_as_it_commits(service: Service) -> None:
+    env = {**os.environ, "DATABASE_URL": service.settings.database_url, "LOG_LEVEL": "WARNING"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service.cli", "events", "tail", "--follow", "-n", "0", "--json",
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        await asyncio.sleep(1.5)  # started, and waiting
+        company, connection = new_id(), new_id()
+        await moves(service, company, connection, LINK)
+        assert process.stdout is not None
+        seen = [orjson.loads(await asyncio.wait_for(process.stdout.readline(), 15))
+                for _ in LINK]
+        assert [(c["connectionId"], c["data"]["to"]) for c in seen] == [
+            (connection, "PendingAuth"), (connection, "Linked")]
+    finally:
+        process.terminate()
+        await process.wait()
