@@ -39,6 +39,7 @@ from service.oncall_html import PATH as ONCALL_PATH
 from service.oncall_page import oncall_routes
 from service.openapi import openapi_document
 from service.outbox import RetryPolicy
+from service.pacing import Breaker, Pressure
 from service.push import Pusher
 from service.receiver import Receiver
 from service.refusals import RefusalLog
@@ -107,7 +108,8 @@ def codat_client(settings: Settings, metrics: Metrics | None = None,
 
 def build_worker(settings: Settings, db: Database, client: CodatClient,
                  metrics: Metrics | None = None, worker_id: str | None = None,
-                 push_client: httpx.AsyncClient | None = None) -> Worker:
+                 push_client: httpx.AsyncClient | None = None,
+                 pressure: Pressure | None = None) -> Worker:
     """The worker the settings describe; pushes go through ``push_client`` (the caller's to
     close)."""
     subscriptions = settings.subscriptions
@@ -117,6 +119,10 @@ def build_worker(settings: Settings, db: Database, client: CodatClient,
                           pusher=pusher)
     return Worker(db=db, followups=followups, metrics=metrics, worker_id=worker_id,
                   subscriptions=subscriptions if pusher is not None else (),
+                  pressure=pressure,
+                  breaker=Breaker(cooldown=settings.codat_breaker_seconds,
+                                  ceiling=60 * settings.codat_breaker_seconds,
+                                  threshold=3 if settings.codat_breaker_seconds else 2**31),
                   policy=RetryPolicy(settings.outbox_backoff_base_seconds,
                                      settings.outbox_backoff_max_seconds,
                                      settings.outbox_max_attempts),
@@ -192,7 +198,8 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
         await database.start()
         await feed.notifier.start(database)
         stop = asyncio.Event()
-        worker = build_worker(settings, database, client, metrics, push_client=push_client)
+        worker = build_worker(settings, database, client, metrics, push_client=push_client,
+                              pressure=receiver.pressure)
         task = asyncio.create_task(worker.run(stop)) if settings.worker_enabled else None
         try:
             yield

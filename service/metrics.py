@@ -61,6 +61,10 @@ class Metrics:
         self.ready = Gauge(
             "codat_hooks_ready", "1 while /readyz answers ready (database reachable, "
             "migrations current), else 0; refreshed at each scrape", registry=r)
+        self.codat_circuit_open = Gauge(
+            "codat_hooks_codat_circuit_open", "1 while Codat calls wait because the last few "
+            "failed (unreachable, timed out or 5xx); one is tried again after a while",
+            registry=r)
         self.codat_paused = Gauge(
             "codat_hooks_codat_paused_seconds", "Seconds until Codat's rate-limit pause ends "
             "(0: not paused); every Codat call waits for it", registry=r)

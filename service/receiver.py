@@ -31,6 +31,7 @@ from service.ingest import (
 from service.limits import check_declared_length, read_body
 from service.logs import get_logger
 from service.metrics import Metrics
+from service.pacing import Pressure
 from service.refusals import RefusalLog
 from service.store import NewDelivery
 from service.untrusted import clip
@@ -67,9 +68,11 @@ class Receiver:
         self._refusals = refusals or RefusalLog(metrics)
         self._max_body = max_body_bytes
         self._retry_after = str(retry_after_seconds)
+        self.pressure = Pressure()  # an embedded worker yields to deliveries (service/pacing.py)
 
     async def __call__(self, request: Request) -> Response:
         started = time.perf_counter()
+        self.pressure.delivered()
         try:
             check_declared_length(request, self._max_body)
             named = _first_values(request)

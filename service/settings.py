@@ -114,12 +114,18 @@ class Settings(BaseSettings):
     codat_api_key: SecretStr = Field(default=SecretStr(""))
     codat_base_url: str = "https://api.codat.io"
     codat_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    # After 3 Codat calls in a row fail for want of Codat (unreachable, timed out, 5xx), Codat
+    # jobs wait this long before one tries again (doubling, up to 60 times this); 0: never wait.
+    codat_breaker_seconds: float = Field(default=1.0, ge=0, le=60)
     bill_pay_mode: Literal["async", "sync"] = "async"
 
     # Follow-up work (the outbox worker)
     worker_enabled: bool = True  # run a worker inside `codat-hooks serve`
     worker_poll_seconds: float = Field(default=0.5, gt=0, le=60)
     worker_stop_grace_seconds: float = Field(default=20.0, ge=0)
+    # A standalone worker (`codat-hooks worker`) lowers its CPU priority by this much, so that
+    # receivers sharing its machine come first under a storm (an embedded worker yields instead).
+    worker_nice: int = Field(default=10, ge=0, le=19)
     outbox_max_attempts: int = Field(default=8, ge=1, le=100)
     outbox_lease_seconds: float = Field(default=60.0, gt=0)
     outbox_backoff_base_seconds: float = Field(default=2.0, gt=0)

@@ -16,8 +16,9 @@ import time
 import traceback
 from datetime import timedelta
 
+from schemas.commands import CODAT_JOBS
 from service import outbox, push
-from service.codat import CodatNotFound, CodatPermanent
+from service.codat import CodatNotFound, CodatPermanent, CodatRateLimited, CodatRetryable
 from service.db import Database, utcnow
 from service.errors import DatabaseUnavailable, Retryable
 from service.feed import Horizon
@@ -25,6 +26,7 @@ from service.followups import FollowUps
 from service.logs import get_logger
 from service.metrics import Metrics
 from service.outbox import Job, JobStatus, RetryPolicy
+from service.pacing import Breaker, Pressure
 from service.settings import Subscription
 
 log = get_logger("worker")
@@ -40,8 +42,11 @@ class Worker:
     def __init__(self, *, db: Database, followups: FollowUps, policy: RetryPolicy,
                  lease_seconds: float, poll_seconds: float, metrics: Metrics | None = None,
                  worker_id: str | None = None,
-                 subscriptions: tuple[Subscription, ...] = ()) -> None:
+                 subscriptions: tuple[Subscription, ...] = (),
+                 pressure: Pressure | None = None, breaker: Breaker | None = None) -> None:
         self._db = db
+        self._pressure = pressure  # the receiver's, when this worker shares its process
+        self._breaker = breaker or Breaker()
         self._subscriptions = subscriptions
         self._horizon = Horizon()
         self._handed = -1  # the feed's horizon when changes were last handed to subscribers
@@ -65,8 +70,8 @@ class Worker:
                 self._handed = horizon
         now = utcnow()
         paused = await self._db.read(outbox.paused_until)
-        # While Codat's quota is used up, every Codat call waits for the reset; pushes do not.
-        codat = paused is None or paused <= now
+        # While Codat's quota is used up, or Codat keeps failing, Codat calls wait; pushes do not.
+        codat = (paused is None or paused <= now) and not self._breaker.open
         jobs = await self._db.write(lambda tx: outbox.claim(
             tx, worker_id=self.worker_id, now=now, lease=self._lease, limit=1,
             max_attempts=self._policy.max_attempts, codat=codat))
@@ -81,14 +86,20 @@ class Worker:
             self.heartbeat = time.monotonic()
             if self._metrics is not None:
                 self._metrics.worker_heartbeat.labels(self.worker_id).set(time.time())
+            started = time.monotonic()
             try:
                 ran = await self.run_once()
             except DatabaseUnavailable as exc:
                 log.warning("database unavailable", extra={"fields": {"error": str(exc)}})
                 ran = 0
-            if not ran:
+            # Deliveries come first: while they flow, the jobs of an embedded worker take only a
+            # small share of the time (see service/pacing.py).
+            pause = self._poll if not ran else (
+                0.0 if self._pressure is None
+                else self._pressure.pause_after(time.monotonic() - started))
+            if pause:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self._poll)
+                    await asyncio.wait_for(stop.wait(), pause)
         if self._metrics is not None:  # a stopped worker has no heartbeat to report
             with contextlib.suppress(KeyError):
                 self._metrics.worker_heartbeat.remove(self.worker_id)
@@ -114,14 +125,15 @@ class Worker:
             raise
         except Retryable as exc:
             error, retryable, retry_after = str(exc), True, exc.retry_after
-        except CodatNotFound as exc:
+            self._judge_codat(job, exc)
+        except (CodatNotFound, CodatPermanent) as exc:
             error, retryable = str(exc), False
-        except CodatPermanent as exc:
-            error, retryable = str(exc), False
+            self._judge_codat(job, None)  # Codat answered: it is up
         except Exception as exc:  # our own bug or a database hiccup: retry, then give up
             error = "".join(traceback.format_exception_only(exc)).strip()
             retryable = True
         else:
+            self._judge_codat(job, None)
             await self._finish(job, JobStatus.DONE, None)
             self._log(job, "done", started, summary=summary)
             return
@@ -137,6 +149,19 @@ class Worker:
         else:
             await self._finish(job, JobStatus.DEAD, error)
             self._log(job, "dead", started, error=error)
+
+    def _judge_codat(self, job: Job, failure: Retryable | None) -> None:
+        """Tell the breaker what a Codat job said of Codat."""
+        if job.kind not in CODAT_JOBS:
+            return
+        down = isinstance(failure, CodatRetryable) and not isinstance(failure, CodatRateLimited) \
+            and (failure.status is None or failure.status >= 500)
+        if down:
+            self._breaker.failed()
+        elif failure is None:
+            self._breaker.succeeded()
+        if self._metrics is not None:
+            self._metrics.codat_circuit_open.set(1 if self._breaker.open else 0)
 
     async def _keep_lease(self, job: Job) -> None:
         # A job may outlast its lease (several Codat calls, each up to its timeout); renewing it

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 
@@ -47,6 +48,8 @@ def status_app(worker: Worker, db: Database, metrics: Metrics, *, stale_after: f
 async def run_worker(settings: Settings, *, worker_id: str | None, host: str,
                      port: int | None) -> None:
     """Run until SIGTERM/SIGINT: the running job finishes, then the worker stops."""
+    if settings.worker_nice:
+        os.nice(settings.worker_nice)  # follow-up work comes after the deliveries
     metrics = Metrics()
     client = codat_client(settings, metrics)
     db = open_database(settings.database_url, pool_size=2,

@@ -45,6 +45,7 @@ BILL_PAY_TYPES = ("bankAccounts", "bills", "billPayments", "chartOfAccounts", "c
 SERVICE_DEFAULTS: dict[str, Any] = {
     "worker_enabled": True, "worker_poll_seconds": 0.05, "outbox_backoff_base_seconds": 0.05,
     "worker_stop_grace_seconds": 1.0, "codat_timeout_seconds": 5.0,
+    "codat_breaker_seconds": 0.01,
 }
 SANDBOX_DEFAULTS: dict[str, Any] = {
     "retry_schedule": (0, 0.2, 0.5, 1.0), "delivery_timeout": 5.0, "read_delay": 0.05,

@@ -286,7 +286,8 @@ def worker_env(database_url: str, codat_url: str, **extra: object) -> dict[str, 
     values: dict[str, object] = {
         "database_url": database_url, "codat_api_key": SANDBOX_KEY, "codat_base_url": codat_url,
         "worker_poll_seconds": 0.05, "codat_timeout_seconds": 5, "log_level": "INFO",
-        "outbox_backoff_base_seconds": 0.05, "outbox_backoff_max_seconds": 0.2}
+        "outbox_backoff_base_seconds": 0.05, "outbox_backoff_max_seconds": 0.2,
+        "codat_breaker_seconds": 0.05}
     values.update(extra)
     return service_env(**values)
 

@@ -1,0 +1,71 @@
+"""How the worker paces itself: deliveries come first, and a failing Codat is not hammered.
+
+- :class:`Pressure`: the receiver notes each delivery; while deliveries are flowing, a worker in
+  the same process keeps its share of the time small (it sleeps, after each job, a multiple of
+  what the job took), so a storm is ingested first, while follow-up work still moves.
+- :class:`Breaker`: after a few Codat calls in a row that say Codat is unreachable or failing
+  (a transport error, a timeout, a 5xx), Codat's jobs wait a while (doubling, up to 60 times
+  the first wait) and then one tries again; a success closes it. While it is open the worker
+  claims no Codat job at all, so a retry storm against a dead Codat costs the database nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+class Pressure:
+    """When the last delivery was received (by this process)."""
+
+    def __init__(self, *, window: float = 0.25, clock: Callable[[], float] = time.monotonic,
+                 ) -> None:
+        self._last = float("-inf")
+        self._window = window
+        self._clock = clock
+
+    def delivered(self) -> None:
+        self._last = self._clock()
+
+    def busy(self) -> bool:
+        """A delivery came in within the window."""
+        return self._clock() - self._last < self._window
+
+    def pause_after(self, job_seconds: float, *, share: float = 0.1,
+                    floor: float = 0.02, ceiling: float = 1.0) -> float:
+        """How long the worker waits before its next job: while deliveries flow, long enough
+        that jobs take at most ``share`` of the time (but never more than ``ceiling``, so
+        follow-up work always moves); otherwise nothing."""
+        if not self.busy():
+            return 0.0
+        return min(ceiling, max(floor, job_seconds * (1 - share) / share))
+
+
+class Breaker:
+    """A circuit breaker for Codat calls (see the module docstring)."""
+
+    def __init__(self, *, threshold: int = 3, cooldown: float = 1.0, ceiling: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._threshold = threshold
+        self._first_cooldown = self._cooldown = cooldown
+        self._ceiling = ceiling
+        self._clock = clock
+        self._failures = 0
+        self._open_until = float("-inf")
+
+    @property
+    def open(self) -> bool:
+        return self._clock() < self._open_until
+
+    def failed(self) -> None:
+        """A call that says Codat is down or failing."""
+        self._failures += 1
+        if self._failures >= self._threshold:
+            self._open_until = self._clock() + self._cooldown
+            self._cooldown = min(self._ceiling, self._cooldown * 2)
+
+    def succeeded(self) -> None:
+        """Codat answered (even a 4xx: it is up)."""
+        self._failures = 0
+        self._cooldown = self._first_cooldown
+        self._open_until = float("-inf")

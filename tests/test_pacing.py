@@ -1,0 +1,133 @@
+"""The worker's pacing (service/pacing.py): deliveries first, and no hammering a failing Codat."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from schemas.commands import Command, JobKind
+from service import outbox, store
+from service.app import build_worker
+from service.db import utcnow
+from service.pacing import Breaker, Pressure
+from tests.conftest import Service
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_breaker_opens_after_failures_in_a_row_and_backs_off_doubling() -> None:
+    clock = Clock()
+    breaker = Breaker(threshold=3, cooldown=1.0, ceiling=4.0, clock=clock)
+    breaker.failed()
+    breaker.failed()
+    assert not breaker.open
+    breaker.failed()
+    assert breaker.open
+    clock.now += 1.01
+    assert not breaker.open  # one may try again
+    breaker.failed()
+    assert breaker.open
+    clock.now += 1.5
+    assert breaker.open  # 2 s this time
+    clock.now += 0.6
+    breaker.failed()
+    clock.now += 3.9
+    assert breaker.open  # 4 s: the ceiling
+    clock.now += 0.2
+    breaker.succeeded()  # Codat answered
+    assert not breaker.open
+    breaker.failed()
+    assert not breaker.open  # the count started again
+
+
+def test_pressure_makes_the_worker_wait_only_while_deliveries_flow() -> None:
+    clock = Clock()
+    pressure = Pressure(window=0.25, clock=clock)
+    assert pressure.pause_after(0.5) == 0.0
+    pressure.delivered()
+    assert pressure.pause_after(0.01) == pytest.approx(0.09)  # jobs take 10% of the time
+    assert pressure.pause_after(0.0001) == 0.02  # a floor
+    assert pressure.pause_after(5.0) == 1.0  # a ceiling: follow-up work always moves
+    clock.now += 0.3
+    assert pressure.pause_after(0.01) == 0.0
+
+
+async def _jobs(service: Service, count: int) -> None:
+    company = "5f3b8a4e-1111-4222-8333-944445555666"
+    commands = [Command(JobKind.RECONCILE_CONNECTION, f"reconcile:conn-{n}:test", company,
+                        f"0b7d1c2e-0000-4000-8000-{n:012d}") for n in range(count)]
+
+    async def enqueue(tx: Any) -> None:
+        await store.enqueue(tx, commands=commands, now=utcnow())
+    await service.db.write(enqueue)
+
+
+async def _attempts(service: Service) -> int:
+    jobs = await service.db.read(lambda tx: outbox.list_jobs(tx, status=None, after="",
+                                                             limit=500))
+    return sum(int(j["attempts"]) for j in jobs)
+
+
+@pytest.mark.parametrize(("breaker_seconds", "most"), [(5.0, 3), (0.0, 40)])
+async def test_against_an_unreachable_codat_the_breaker_stops_the_retry_storm(
+        service: Service, breaker_seconds: float, most: int) -> None:
+    # 100 jobs due against a Codat that refuses connections, for one second. With the
+    # breaker, three attempts and then nothing (no claim, no write); without it, every job.
+    await _jobs(service, 100)
+    settings = service.settings.model_copy(update={
+        "codat_breaker_seconds": breaker_seconds, "outbox_backoff_base_seconds": 30.0})
+    worker = build_worker(settings, service.db, service.app.state.codat,
+                          service.app.state.metrics)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    await asyncio.sleep(1.0)
+    stop.set()
+    await task
+    attempts = await _attempts(service)
+    if breaker_seconds:
+        assert attempts == most
+        assert service.app.state.metrics.codat_circuit_open._value.get() == 1
+    else:
+        assert attempts >= most
+
+
+async def test_an_embedded_worker_yields_to_deliveries(service: Service) -> None:
+    # While deliveries flow, each job is followed by a pause of at least 20 ms (nine times the
+    # job's length when that is longer): in one second, at most 50 jobs. The same worker
+    # with nothing arriving runs them back to back.
+    await _jobs(service, 300)
+    settings = service.settings.model_copy(update={"codat_breaker_seconds": 0.0,
+                                                   "outbox_backoff_base_seconds": 30.0})
+
+    async def one_second(pressure: Pressure, flowing: bool) -> int:
+        before = await _attempts(service)
+        worker = build_worker(settings, service.db, service.app.state.codat,
+                              service.app.state.metrics, pressure=pressure)
+        stop = asyncio.Event()
+
+        async def deliveries_flowing() -> None:
+            while flowing and not stop.is_set():
+                pressure.delivered()
+                await asyncio.sleep(0.01)
+        feeder = asyncio.create_task(deliveries_flowing())
+        task = asyncio.create_task(worker.run(stop))
+        await asyncio.sleep(1.0)
+        stop.set()
+        await asyncio.gather(task, feeder)
+        return await _attempts(service) - before
+
+    started = time.monotonic()
+    yielding = await one_second(Pressure(), flowing=True)
+    assert 0 < yielding <= 51, yielding  # it moved, but slowly
+    assert time.monotonic() - started < 3  # and stopped promptly
+    free = await one_second(Pressure(), flowing=False)
+    assert free > 2 * yielding, (free, yielding)
