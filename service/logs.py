@@ -90,7 +90,7 @@ def configure_logging(level: str = "INFO", *, json: bool | None = None,
     root.propagate = False
     # Our lines name no source file, thread or process: skip gathering them for every record
     # (the logging module's documented optimizations; a line per delivery makes this hot).
-    logging._srcfile = None  # type: ignore[attr-defined]
+    logging._srcfile = None
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
