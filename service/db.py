@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import queue
 import random
 import re
@@ -197,13 +198,13 @@ def _drive(coro: Coroutine[Any, Any, T]) -> T:
     raise RuntimeError("a unit of work awaited something other than its transaction")
 
 
-def _sqlite_arg(value: Any) -> Any:
-    if isinstance(value, datetime):
-        # SQLAlchemy's SQLite format ("%Y-%m-%d %H:%M:%S.%f" in UTC); isoformat is ~4x faster
-        # than strftime, and this runs for every timestamp of every statement.
-        utc = value if value.tzinfo is UTC else value.astimezone(UTC)
-        return utc.replace(tzinfo=None).isoformat(" ", "microseconds")
-    return value
+@functools.lru_cache(maxsize=64)
+def _sqlite_time(value: datetime) -> str:
+    # SQLAlchemy's SQLite format ("%Y-%m-%d %H:%M:%S.%f" in UTC); isoformat is ~4x faster than
+    # strftime. This runs for every timestamp of every statement, and one unit of work passes
+    # the same few instants (its "now") to several: the cache formats each once.
+    utc = value if value.tzinfo is UTC else value.astimezone(UTC)
+    return utc.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 class _SqliteTx:
@@ -217,7 +218,8 @@ class _SqliteTx:
         self.changed = True
 
     def _run(self, q: Sql, args: tuple[Any, ...]) -> sqlite3.Cursor:
-        return self._conn.execute(q.sqlite, [_sqlite_arg(a) for a in args])
+        return self._conn.execute(q.sqlite, [_sqlite_time(a) if isinstance(a, datetime) else a
+                                             for a in args])
 
     async def fetchrow(self, q: Sql, *args: Any) -> Row | None:
         row: Row | None = self._run(q, args).fetchone()
@@ -249,6 +251,11 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_result(result)
     else:
         future.set_exception(error)
+
+
+def _settle_all(settled: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for future, result in settled:
+        _settle(future, result, None)
 
 
 _STOP = object()
@@ -378,8 +385,7 @@ class SqliteDatabase(Database):
                 conn.rollback()
             self._fail_all(batch, exc)
             return
-        for job, result in zip(batch, results, strict=True):
-            self._resolve(job, result, None)
+        self._resolve_all(batch, results)
         if tx.changed:
             self._committed()
 
@@ -412,6 +418,17 @@ class SqliteDatabase(Database):
     def _resolve(job: _Job, result: Any, error: BaseException | None) -> None:
         with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting any more
             job.loop.call_soon_threadsafe(_settle, job.future, result, error)
+
+    @staticmethod
+    def _resolve_all(batch: list[_Job], results: list[Any]) -> None:
+        """Settle a committed batch with one wake-up of each waiting loop, not one per job
+        (each is a write to the loop's self-pipe and a trip round it)."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
+        for job, result in zip(batch, results, strict=True):
+            by_loop.setdefault(job.loop, []).append((job.future, result))
+        for loop, settled in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(_settle_all, settled)
 
 
 class _PgTx:
