@@ -580,3 +580,36 @@ async def test_reset_forgets_everything(sb: Harness) -> None:
     assert (await calls(sb)) == {"calls": [], "byIdempotencyKey": {}}
     assert sb.sandbox.webhooks.paused is False
     assert (await sb.codat("GET", "/companies")).json()["totalResults"] == 0
+
+
+# --- importing what Codat already holds (the benchmark's storm) -------------------------------
+
+async def test_imported_companies_answer_follow_ups_without_a_webhook(sb: Harness) -> None:
+    answer = await sb.control("/companies", {"companies": [
+        {"id": "c-1", "name": "Imported Ltd", "connections": [
+            {"id": "k-linked", "platformKey": "gbol", "status": "Linked"},
+            {"id": "k-gone", "platformKey": "qhyg", "status": "Deauthorized"}]}]})
+    assert answer.status_code == 201, answer.text
+    assert answer.json() == {"companies": 1, "connections": 2}
+    linked = (await sb.codat("GET", "/companies/c-1/connections/k-linked")).json()
+    assert (linked["status"], linked["platformName"]) == ("Linked", "Xero")
+    gone = (await sb.codat("GET", "/companies/c-1/connections/k-gone")).json()
+    assert gone["status"] == "Deauthorized"
+    status = (await sb.codat("GET", "/companies/c-1/dataStatus")).json()
+    assert set(status) == BILL_PAY_TYPES
+    assert {entry["currentStatus"] for entry in status.values()} == {"Complete"}
+    assert (await sb.codat("GET", "/companies/c-1")).json()["name"] == "Imported Ltd"
+    assert await sb.messages() == []  # Codat delivers the storm's events itself
+
+
+@pytest.mark.parametrize("body", [
+    [], {"companies": {}}, {"companies": [{"name": "no id"}]},
+    {"companies": [{"id": "c", "connections": [{"id": "k", "status": "Sleeping"}]}]},
+    {"companies": [{"id": "c", "connections": [{"id": "k", "platformKey": "nope"}]}]},
+    {"companies": [{"id": "ok"}, {"id": "c", "connections": [{"status": "Linked"}]}]},
+])
+async def test_a_bad_import_gets_400_and_changes_nothing(sb: Harness, body: Any) -> None:
+    answer = await sb.control("/companies", body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]
+    assert sb.sandbox.companies == {}

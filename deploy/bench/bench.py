@@ -76,6 +76,11 @@ CODAT_HOOKS = BIN / "codat-hooks"
 WRK_THREADS = 2
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGETS = ("baseline", "codat-hooks")
+# codat-hooks as users run it (`serve`'s defaults: the embedded worker, a log line per delivery
+# at INFO), with Codat unreachable or with the sandbox answering for every company of the storm.
+WORKER_VARIANTS = ("codat-hooks-defaults", "codat-hooks-sandbox")
+VARIANTS = ("baseline", "codat-hooks", *WORKER_VARIANTS, "codat-hooks-stock")
+DRAIN_LIMIT_S = 600
 LIST_PATH = "/v1/connections?status=Linked&limit=100"
 
 
@@ -190,7 +195,7 @@ class Result:
     """One measured run of one target."""
 
     db: str
-    variant: str  # baseline, codat-hooks, codat-hooks-large
+    variant: str  # one of VARIANTS, or codat-hooks-large
     run: int
     wrk: dict[str, Any]
     cpu_s: float
@@ -199,6 +204,10 @@ class Result:
     sanity: str
     problems: list[str] = field(default_factory=list)
     queries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # With a worker: the follow-up jobs when the storm ended, and how they drained after it.
+    backlog: dict[str, int] = field(default_factory=dict)
+    drain_s: float | None = None  # from the end of the storm until no job was pending
+    drain_cpu_s: float = 0.0  # the server's CPU in that time (its worker's, nearly all)
 
     @property
     def seconds(self) -> float:
@@ -216,6 +225,11 @@ class Result:
         return self.cpu_s * 1e6 / max(1, self.wrk["ok"])
 
     @property
+    def total_cpu_us(self) -> float:
+        """CPU per delivery with the follow-up work it caused, drained after the storm."""
+        return (self.cpu_s + self.drain_cpu_s) * 1e6 / max(1, self.wrk["ok"])
+
+    @property
     def backend_cpu_us(self) -> float | None:
         if self.backend_cpu_s is None:
             return None
@@ -227,6 +241,7 @@ class Bench:
         self.args = args
         self.secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
         self.token = secrets.token_urlsafe(24)
+        self.codat_key = secrets.token_urlsafe(24)
         self.tmp = Path(tempfile.mkdtemp(prefix="codat-hooks-bench-", dir=args.workdir))
         self.tag = f"bench_{os.getpid()}"
         self.servers: list[subprocess.Popen[bytes]] = []
@@ -369,14 +384,19 @@ class Bench:
 
     # --- databases ----------------------------------------------------------------------------
 
-    def server_env(self, database_url: str) -> dict[str, str]:
+    def server_env(self, database_url: str, codat_url: str | None = None) -> dict[str, str]:
+        """The server's environment: with ``codat_url``, `serve`'s defaults (its worker on,
+        logs at INFO) calling that Codat; without, the worker off and logs at WARNING."""
         env = {k: v for k, v in os.environ.items() if k.upper() not in self.settings_names}
         env.update({
             "CODAT_WEBHOOK_SECRETS": self.secret, "DATABASE_URL": database_url,
-            "CODAT_API_KEY": "bench-unused", "WORKER_ENABLED": "false",
+            "CODAT_API_KEY": self.codat_key, "WORKER_ENABLED": "false",
             "SERVICE_API_TOKENS": self.token, "LOG_LEVEL": "WARNING",
             "SQLITE_SYNCHRONOUS": self.args.sqlite_synchronous, "DB_POOL_SIZE": "8",
         })
+        if codat_url is not None:
+            env.update({"WORKER_ENABLED": "true", "LOG_LEVEL": "INFO",
+                        "CODAT_BASE_URL": codat_url})
         env.update(dict(item.split("=", 1) for item in self.args.set))
         return env
 
@@ -463,8 +483,8 @@ class Bench:
 
     # --- servers ------------------------------------------------------------------------------
 
-    def start(self, target: str, database_url: str, port: int,
-              workdir: Path) -> subprocess.Popen[bytes]:
+    def start(self, target: str, database_url: str, port: int, workdir: Path,
+              codat_url: str | None = None) -> subprocess.Popen[bytes]:
         a = self.args
         if target == "baseline":
             command = [sys.executable, str(HERE / "baseline.py"), "--port", str(port)]
@@ -474,7 +494,7 @@ class Bench:
             command = [str(CODAT_HOOKS), "serve", "--host", "127.0.0.1", "--port", str(port)]
         logfile = (workdir / f"{target}.log").open("wb")
         server = subprocess.Popen(["taskset", "-c", str(a.server_cpu), *command], cwd=workdir,
-                                  env=self.server_env(database_url), stdout=logfile,
+                                  env=self.server_env(database_url, codat_url), stdout=logfile,
                                   stderr=subprocess.STDOUT, start_new_session=True)
         logfile.close()
         self.servers.append(server)
@@ -496,6 +516,68 @@ class Bench:
             time.sleep(0.1)
         raise BenchError(f"{target} did not answer within 90 s:\n"
                          + tail(workdir / f"{target}.log"))
+
+    def start_sandbox(self, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+        """The sandbox Codat (on the client's CPU), holding every company and connection of
+        the warm-up and the storm, so that follow-up jobs succeed as they would in
+        production."""
+        port = free_port()
+        command = [str(CODAT_HOOKS), "sandbox", "--host", "127.0.0.1", "--port", str(port),
+                   "--webhook-url", "", "--api-key", self.codat_key, "--secret", self.secret]
+        logfile = (workdir / "sandbox.log").open("wb")
+        env = {k: v for k, v in os.environ.items() if k.upper() not in self.settings_names}
+        sandbox = subprocess.Popen(["taskset", "-c", str(self.args.client_cpu), *command],
+                                   cwd=workdir, env=env, stdout=logfile,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+        logfile.close()
+        self.servers.append(sandbox)
+        body = json.dumps(workload.codat_import([self.warmup, self.stream])).encode()
+        deadline = time.monotonic() + 60
+        while True:
+            if sandbox.poll() is not None:
+                raise BenchError("the sandbox exited while starting:\n"
+                                 + tail(workdir / "sandbox.log"))
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                c.request("POST", "/_sandbox/companies", body=body,
+                          headers={"Content-Type": "application/json"})
+                answer = c.getresponse()
+                text = answer.read()
+                c.close()
+                if answer.status != 201:
+                    raise BenchError(f"the sandbox refused the import: {text[:300]!r}")
+                return sandbox, f"http://127.0.0.1:{port}"
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise BenchError("the sandbox did not answer within 60 s:\n"
+                                     + tail(workdir / "sandbox.log")) from None
+                time.sleep(0.1)
+
+    def jobs(self, database_url: str) -> dict[str, int]:
+        """The outbox's jobs by status."""
+        query = "SELECT status, count(*) FROM outbox GROUP BY status"
+        if database_url.startswith("sqlite"):
+            conn = sqlite3.connect(database_url.split(":///", 1)[1], timeout=30)
+            try:
+                return dict(conn.execute(query).fetchall())
+            finally:
+                conn.close()
+        return {r[0]: r[1] for r in pg_fetch(database_url, query)}
+
+    def drain(self, outcome: Result, database_url: str, pid: int) -> None:
+        """After the storm: how long until no follow-up job is pending, and at what CPU."""
+        started, cpu_before = time.monotonic(), cpu_seconds(pid)
+        while time.monotonic() - started < DRAIN_LIMIT_S:
+            counts = self.jobs(database_url)
+            if not counts.get("pending") and not counts.get("running"):
+                outcome.drain_s = time.monotonic() - started
+                break
+            time.sleep(0.25)
+        else:
+            outcome.problems.append(f"follow-up jobs still pending {DRAIN_LIMIT_S} s after "
+                                    f"the storm: {self.jobs(database_url)}")
+        outcome.drain_cpu_s = cpu_seconds(pid) - cpu_before
+        outcome.backlog["after drain: dead"] = self.jobs(database_url).get("dead", 0)
 
     def stop(self, server: subprocess.Popen[bytes]) -> None:
         if server.poll() is None:
@@ -557,6 +639,7 @@ class Bench:
     def measure(self, db: str, variant: str, run: int) -> Result:
         a = self.args
         target = variant if variant in ("baseline", "codat-hooks-stock") else "codat-hooks"
+        with_worker = variant in WORKER_VARIANTS
         large = variant == "codat-hooks-large"
         queries = a.large and target == "codat-hooks"
         workdir = self.tmp / f"{db}-{variant}-{run}"
@@ -570,12 +653,17 @@ class Bench:
         else:
             pg_name = f"{self.tag}_{variant.replace('-', '_')}_{run}"
             database_url = self.create_pg(pg_name, self.templates[db] if large else None)
-        server = None
+        server = sandbox = None
         try:
             if target != "baseline":
                 self.migrate(database_url, workdir)
+            codat_url = None
+            if variant == "codat-hooks-sandbox":
+                sandbox, codat_url = self.start_sandbox(workdir)
+            elif with_worker:  # a port nothing listens on: every Codat call is refused
+                codat_url = f"http://127.0.0.1:{free_port()}"
             port = free_port()
-            server = self.start(target, database_url, port, workdir)
+            server = self.start(target, database_url, port, workdir, codat_url)
             timestamp = int(time.time())
             self.warm_up(port, timestamp)
             requests_file = workdir / "deliveries.bin"
@@ -598,6 +686,10 @@ class Bench:
             requests_file.unlink()
             outcome = Result(db, variant, run, result, cpu, backend_cpu, rss, "")
             self.check(outcome, target, database_url, pg_name)
+            if with_worker:
+                outcome.backlog = self.jobs(database_url)
+                if sandbox is not None:
+                    self.drain(outcome, database_url, server.pid)
             if queries:
                 outcome.queries = self.measure_queries(db, database_url, port, workdir, run)
             if server.poll() is not None:
@@ -611,6 +703,8 @@ class Bench:
         finally:
             if server is not None:
                 self.stop(server)
+            if sandbox is not None:
+                self.stop(sandbox)
             if pg_name:
                 self.drop_pg(pg_name)
             if not a.keep:
@@ -749,6 +843,12 @@ class Bench:
             f"({w['ok']} 2xx in {r.seconds:.2f} s: {w['stored']} stored, {w['duplicate']} "
             f"duplicate; non-2xx {w['non2xx']})")
         log(f"  database check {r.sanity}")
+        if r.backlog:
+            log("  follow-up jobs when the storm ended: " + ", ".join(
+                f"{k} {v}" for k, v in sorted(r.backlog.items())))
+        if r.drain_s is not None:
+            log(f"  drained {r.drain_s:.1f} s after the storm; CPU with the drain "
+                f"{r.total_cpu_us:.0f} µs/delivery")
         for name, q in r.queries.items():
             label = "GET /v1/connections/{id}" if name == "by_id" else f"GET {LIST_PATH}"
             log(f"  {label}: {q['ok'] / (q['duration_us'] / 1e6):.1f} req/s, p50 "
@@ -773,7 +873,7 @@ class Bench:
         header += f"{'peak RSS MiB':>14}  runs with problems"
         log(header)
         medians: dict[str, float] = {}
-        for variant in ("baseline", "codat-hooks", "codat-hooks-stock", "codat-hooks-large"):
+        for variant in (*VARIANTS, "codat-hooks-large"):
             mine = [r for r in rows if r.variant == variant]
             if not mine:
                 continue
@@ -790,9 +890,16 @@ class Bench:
             line += f"{statistics.median(r.rss_mb for r in mine):>14.0f}  "
             line += f"{bad} of {len(mine)}" + (" (see PROBLEM lines)" if bad else "")
             log(line)
-        if "baseline" in medians and "codat-hooks" in medians:
-            log(f"throughput codat-hooks / baseline: "
-                f"{medians['codat-hooks'] / medians['baseline']:.2f}x")
+        for variant in ("codat-hooks", *WORKER_VARIANTS):
+            if "baseline" in medians and variant in medians:
+                log(f"throughput {_label(variant)} / baseline: "
+                    f"{medians[variant] / medians['baseline']:.2f}x")
+        drained = [r for r in rows if r.drain_s is not None]
+        if drained:
+            log(f"{_label('codat-hooks-sandbox')}: follow-ups drained "
+                f"{statistics.median(r.drain_s or 0 for r in drained):.1f} s after the storm "
+                f"(median); CPU per delivery with them "
+                f"{statistics.median(r.total_cpu_us for r in drained):.0f} µs")
         if "codat-hooks-stock" in medians and "codat-hooks" in medians:
             log(f"throughput with the HTTP limits / without (stock httptools): "
                 f"{medians['codat-hooks'] / medians['codat-hooks-stock']:.3f}x")
@@ -854,7 +961,10 @@ class Bench:
 
 def _label(variant: str) -> str:
     return {"codat-hooks-large": "codat-hooks (large DB)",
-            "codat-hooks-stock": "codat-hooks, no limits"}.get(variant, variant)
+            "codat-hooks-stock": "codat-hooks, no limits",
+            "codat-hooks": "worker off, WARNING",
+            "codat-hooks-defaults": "defaults, Codat down",
+            "codat-hooks-sandbox": "defaults, sandbox"}.get(variant, variant)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -890,16 +1000,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="a codat-hooks setting for its server (e.g. DB_WRITE_PARTITIONS=2)")
     p.add_argument("--keep", action="store_true", help="keep temporary files (logs, SQLite)")
-    p.add_argument("--variants", default="baseline,codat-hooks",
-                   help="comma-separated servers to alternate: baseline, codat-hooks, and "
-                        "codat-hooks-stock (its app on uvicorn's stock httptools protocol, "
-                        "without the HTTP limits: what the limits cost)")
+    p.add_argument("--variants", default=",".join(VARIANTS[:4]),
+                   help="comma-separated servers to alternate: baseline; codat-hooks (its "
+                        "worker off, logs at WARNING); codat-hooks-defaults (as `serve` runs "
+                        "by default: the embedded worker, logs at INFO; Codat unreachable); "
+                        "codat-hooks-sandbox (the same, Codat answered by the sandbox, which "
+                        "knows every company of the storm; the follow-ups are drained and "
+                        "timed after it); codat-hooks-stock (worker off, on uvicorn's stock "
+                        "httptools protocol, without the HTTP limits: what the limits cost)")
     args = p.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    if not args.variants or set(args.variants) - {"baseline", "codat-hooks",
-                                                   "codat-hooks-stock"}:
-        p.error("--variants: a comma-separated list of baseline, codat-hooks, "
-                "codat-hooks-stock")
+    if not args.variants or set(args.variants) - set(VARIANTS):
+        p.error(f"--variants: a comma-separated list of {', '.join(VARIANTS)}")
     if args.runs < 1 or args.duration < 1 or args.connections < WRK_THREADS:
         p.error("--runs and --duration must be at least 1, --connections at least 2")
     if args.duration > 240:
@@ -915,7 +1027,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def time_budget(args: argparse.Namespace) -> float:
     """Seconds the whole benchmark may take: generous, but bounded."""
     dbs = 2 if args.db == "both" else 1
-    per_run = (args.duration + 90) * 2
+    per_run = (args.duration + 90) * len(args.variants)
+    if "codat-hooks-sandbox" in args.variants:
+        per_run += DRAIN_LIMIT_S
     if args.large:
         per_run += (args.duration * 3 + 120) * 2
     prefill = (args.large_deliveries / 2_000 + 600) if args.large else 0

@@ -212,6 +212,7 @@ class Stream:
     companies: int
     connections: int
     by_type: dict[str, int] = field(default_factory=dict)
+    known: list[Connection] = field(default_factory=list)  # every connection, in creation order
 
     @property
     def redeliveries(self) -> int:
@@ -235,6 +236,7 @@ def build_stream(total: int, *, seed: int, ids: MessageIds, templates: Templates
     active: list[Connection] = []
     companies = connections = 0
     queued: list[Connection] = []
+    known: list[Connection] = []
 
     def refill() -> None:
         nonlocal companies, connections
@@ -252,6 +254,7 @@ def build_stream(total: int, *, seed: int, ids: MessageIds, templates: Templates
             connection.created = clock.replace(microsecond=0)
             connections += 1
             active.append(connection)
+            known.append(connection)
 
     while len(deliveries) < unique:
         refill()
@@ -281,7 +284,22 @@ def build_stream(total: int, *, seed: int, ids: MessageIds, templates: Templates
         if rng.random() < redelivery_rate:
             keyed.append((min(unique - 0.5, i + rng.randint(20, 2000) + 0.5), i))
     keyed.sort()
-    return Stream(deliveries, [i for _, i in keyed], companies, connections, by_type)
+    return Stream(deliveries, [i for _, i in keyed], companies, connections, by_type, known)
+
+
+def codat_import(streams: Sequence[Stream]) -> dict[str, Any]:
+    """What Codat holds after ``streams``: their companies and connections in their final
+    states, as the sandbox's ``POST /_sandbox/companies`` takes them."""
+    companies: dict[str, dict[str, Any]] = {}
+    for stream in streams:
+        for connection in stream.known:
+            company = companies.setdefault(connection.company.id, {
+                "id": connection.company.id, "name": connection.company.name,
+                "connections": []})
+            company["connections"].append({"id": connection.id,
+                                           "platformKey": connection.platform[0],
+                                           "status": connection.final})
+    return {"companies": list(companies.values())}
 
 
 def request_bytes(delivery: Delivery, *, port: int, timestamp: int, signature: str) -> bytes:

@@ -1,6 +1,7 @@
 """``/_sandbox``: levers for tests, benchmarks and the demo (no auth, JSON in and out).
 
-Act as the SMB (authorize, decline, deauthorize), steer deliveries (pause, resume in an order
+Act as the SMB (authorize, decline, deauthorize), import companies Codat already holds (for a
+benchmark's storm), steer deliveries (pause, resume in an order
 with duplicates, resend), inject faults, read the call log, and reset everything.
 """
 
@@ -19,7 +20,8 @@ from service.sandbox.bodies import connection_body
 from service.sandbox.errors import CodatError
 from service.sandbox.faults import FaultRuleError, parse_rule
 from service.sandbox.gate import sandbox_of
-from service.sandbox.model import Company, Connection
+from service.sandbox.model import Company, Connection, ConnectionStatus
+from service.sandbox.platforms import PLATFORMS
 from service.sandbox.state import Sandbox
 from service.sandbox.webhooks import ORDERS, DeliveryRefused
 
@@ -120,6 +122,50 @@ async def calls(request: Request) -> Response:
     return _json(sandbox_of(request).calls.describe())
 
 
+def _imported(item: Any) -> tuple[str, str, list[tuple[str, Any, ConnectionStatus]]]:
+    """One company of an import, checked: ValueError says what is wrong."""
+    if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
+        raise ValueError("each company is an object with a non-empty string id")
+    name = item.get("name", item["id"])
+    connections = item.get("connections", [])
+    if not isinstance(name, str) or not isinstance(connections, list):
+        raise ValueError(f"company {item['id']}: name is a string, connections a list")
+    checked = []
+    for entry in connections:
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) or not entry["id"]:
+            raise ValueError(f"company {item['id']}: each connection has a non-empty string id")
+        platform = PLATFORMS.get(entry.get("platformKey", "qhyg"))
+        try:
+            status = ConnectionStatus(entry.get("status", "PendingAuth"))
+        except ValueError:
+            status = None
+        if platform is None or status is None:
+            raise ValueError(f"connection {entry['id']}: platformKey is one of "
+                             f"{', '.join(PLATFORMS)}; status one of "
+                             f"{', '.join(s.value for s in ConnectionStatus)}")
+        checked.append((entry["id"], platform, status))
+    return item["id"], name, checked
+
+
+async def import_companies(request: Request) -> Response:
+    """Companies and connections Codat already holds, put in place without a webhook:
+    ``{"companies": [{"id", "name", "connections": [{"id", "platformKey", "status"}]}]}``.
+    All or nothing: one bad entry refuses the whole body."""
+    try:
+        body = await _body(request)
+        items = body.get("companies") if isinstance(body, dict) else None
+        if not isinstance(items, list):
+            raise ValueError("the body is {\"companies\": [...]}")
+        checked = [_imported(item) for item in items]
+    except ValueError as exc:
+        return _problem(400, str(exc))
+    sandbox = sandbox_of(request)
+    for company_id, name, connections in checked:
+        lifecycle.adopt(sandbox, company_id, name, connections)
+    return _json({"companies": len(checked),
+                  "connections": sum(len(c) for _, _, c in checked)}, 201)
+
+
 async def reset(request: Request) -> Response:
     await sandbox_of(request).reset()
     return _json({"reset": True})
@@ -131,6 +177,7 @@ routes: list[BaseRoute] = [
     Route(SMB + "/authorize", _smb_action(lifecycle.authorize), methods=["POST"]),
     Route(SMB + "/decline", _smb_action(lifecycle.decline), methods=["POST"]),
     Route(SMB + "/deauthorize", _smb_action(lifecycle.deauthorize), methods=["POST"]),
+    Route("/_sandbox/companies", import_companies, methods=["POST"]),
     Route("/_sandbox/webhooks", messages, methods=["GET"]),
     Route("/_sandbox/webhooks/pause", pause, methods=["POST"]),
     Route("/_sandbox/webhooks/resume", resume, methods=["POST"]),

@@ -59,6 +59,27 @@ def delete_company(sandbox: Sandbox, company: Company) -> None:
                                            company, utcnow()))
 
 
+def adopt(sandbox: Sandbox, company_id: str, name: str,
+          connections: list[tuple[str, Platform, ConnectionStatus]]) -> Company:
+    """Put a company and its connections in place as Codat already holds them (their
+    statuses as given; a Linked one's Bill Pay data read), sending nothing: a benchmark's
+    storm is about customers Codat knows, whose events it delivers itself."""
+    now = utcnow()
+    company = sandbox.companies.get(company_id) or Company(company_id, name, now)
+    sandbox.companies[company_id] = company
+    for connection_id, platform, status in connections:
+        connection = Connection(connection_id, company_id, platform, now, status)
+        company.connections[connection_id] = connection
+        if status is LINKED:
+            connection.last_sync = company.last_sync = now
+            connection.has_read = True
+            for data_type in BILL_PAY_DATA_TYPES:
+                sync = new_id()
+                company.data_status[data_type] = DataStatus(data_type, "Complete", sync, now,
+                                                            sync)
+    return company
+
+
 def create_connection(sandbox: Sandbox, company: Company, platform: Platform) -> Connection:
     """A new PendingAuth connection; sends ``connection.created``."""
     connection = Connection(new_id(), company.id, platform, utcnow())
