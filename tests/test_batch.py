@@ -25,7 +25,7 @@ from schemas.events import (
 from schemas.order import order_key
 from schemas.state import ConnectionStatus, State
 from service import batch
-from service.db import Database, Tx, from_json, open_database, sql, utcnow
+from service.db import Database, PostgresDatabase, Tx, from_json, open_database, sql, utcnow
 from service.ingest import Examined, Ingest, IngestResult, examine, ingest, new_delivery
 from service.store import DeliveryFacts, NewDelivery
 from tests.conftest import install_failure, remove_failure, truncate_postgres
@@ -312,3 +312,18 @@ def test_runs_never_name_a_message_or_a_connection_twice() -> None:
     runs = [[items[i][0].message_id for i, _ in run] for run in batch._runs(items, words)]
     assert runs == [["m1", "m2", "m3"], ["m4", "m5"], ["m5", "m6"]]
 
+
+
+@pytest.mark.postgres
+async def test_the_statement_is_prepared_once_per_connection_not_parsed_per_batch(
+        pg: Database) -> None:
+    # Planning the statement costs PostgreSQL more than running it: asyncpg must keep it
+    # prepared (its default size limit for that, 15 KiB, is below the statement's length).
+    company = new_id()
+    for item in examined_items([created(new_id(), company), created(new_id(), company)]):
+        await pg.write(works([item])[0], affinity=company)
+    assert isinstance(pg, PostgresDatabase) and pg._batch_pool is not None
+    async with pg._batch_pool.acquire() as conn:
+        prepared = await conn.fetch("SELECT statement FROM pg_prepared_statements")
+    assert any("json_to_recordset" in row["statement"] for row in prepared), \
+        "the batch statement is not prepared: it is parsed and planned for every batch"
