@@ -225,7 +225,8 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
         *oncall_routes(database, auth, sessions, metrics.recent_refusals),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
-                    middleware=[Middleware(RequestTiming, metrics=metrics)],
+                    middleware=[Middleware(RequestTiming, metrics=metrics, direct={
+                        ("POST", "/webhooks/codat"): receiver.__call__})],
                     exception_handlers={ClientDisconnect: _client_gone})
     app.state.settings = settings
     app.state.refusals = refusals
