@@ -46,6 +46,10 @@ class _Stamp:
         return f"{self._prefix}.{int((created - second) * 1000):03d}+00:00"
 
 
+_LEVEL_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning",
+                logging.ERROR: "error", logging.CRITICAL: "critical"}
+
+
 class JsonFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__()
@@ -54,11 +58,12 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": self._stamp(record.created),
-            "level": record.levelname.lower(),
+            "level": _LEVEL_NAMES.get(record.levelno) or record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        entry.update(scrub(getattr(record, "fields", {})))
+        for name, value in getattr(record, "fields", {}).items():  # scrub(), in place
+            entry[name] = "[redacted]" if _secret(name) else value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
