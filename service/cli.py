@@ -39,7 +39,10 @@ def main(ctx: click.Context) -> None:
 @click.option("--migrate/--no-migrate", default=None,
               help="Apply migrations first (default: on for SQLite, off for PostgreSQL, where "
                    "a separate `codat-hooks db upgrade` step runs them once for all replicas).")
-def serve(host: str, port: int, migrate: bool | None) -> None:
+@click.option("--reuse-port", is_flag=True,
+              help="Share the port with other `serve` processes of this machine "
+                   "(SO_REUSEPORT): the kernel spreads connections across them, one core each.")
+def serve(host: str, port: int, migrate: bool | None, reuse_port: bool) -> None:
     """Run the receiver and query API (uvicorn, httptools, uvloop)."""
     from service.app import create_app
     from service.logs import configure_logging
@@ -57,7 +60,7 @@ def serve(host: str, port: int, migrate: bool | None) -> None:
     try:
         serve_forever(app, settings.connection_limits, host=host, port=port,
                       refusals=app.state.refusals, timeout_graceful_shutdown=20,
-                      proxy_headers=True)
+                      proxy_headers=True, reuse_port=reuse_port)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
 

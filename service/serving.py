@@ -11,6 +11,7 @@ of connections over it (answered 503, or the probes), and anything beyond is clo
 from __future__ import annotations
 
 import resource
+import socket
 from dataclasses import replace
 from typing import Any
 
@@ -68,10 +69,32 @@ def server_config(app: Any, limits: ConnectionLimits, *, refusals: RefusalSink |
                           **options)
 
 
+def shared_socket(host: str, port: int, *, backlog: int = 2048) -> socket.socket:
+    """A listening socket that other processes may bind too (SO_REUSEPORT): the kernel spreads
+    new connections across every process listening on it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def serve_forever(app: Any, limits: ConnectionLimits, *, host: str, port: int,
-                  refusals: RefusalSink | None = None, **options: Any) -> None:
-    """Run ``app`` until SIGTERM/SIGINT (what ``codat-hooks serve`` does)."""
+                  refusals: RefusalSink | None = None, reuse_port: bool = False,
+                  **options: Any) -> None:
+    """Run ``app`` until SIGTERM/SIGINT (what ``codat-hooks serve`` does); with
+    ``reuse_port``, on a port that other processes of this machine share."""
     config = server_config(app, fit_limits(limits), refusals=refusals, host=host, port=port,
                            **options)
-    uvicorn.Server(config).run()
+    if not reuse_port:
+        uvicorn.Server(config).run()
+        return
+    with shared_socket(host, port) as sock:
+        uvicorn.Server(config).run(sockets=[sock])
 

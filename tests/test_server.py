@@ -144,3 +144,53 @@ async def test_sigterm_lets_the_embedded_worker_finish_its_job(tmp_path: Path) -
                                          headers={"authorization": f"Bearer {TOKEN}"}) as api:
                 [job] = (await api.get("/v1/outbox")).json()["results"]
                 assert (job["status"], job["attempts"]) == ("done", 1)
+
+
+@pytest.mark.postgres
+def test_receivers_started_with_reuse_port_share_one_port(tmp_path: Path,
+                                                          postgres_url: str) -> None:
+    # Two `serve --reuse-port` on one port: the kernel spreads new connections across both,
+    # and every delivery is stored once, whichever answered it.
+    from tests.conftest import truncate_postgres
+    truncate_postgres(postgres_url)
+    port = free_port()
+    environment = {**os.environ, "CODAT_WEBHOOK_SECRETS": SECRET, "SERVICE_API_TOKENS": TOKEN,
+                   "CODAT_API_KEY": "test-key", "DATABASE_URL": postgres_url,
+                   "CODAT_BASE_URL": f"http://127.0.0.1:{free_port()}", "LOG_LEVEL": "INFO"}
+    logs = [tmp_path / f"receiver-{n}.log" for n in (1, 2)]
+    processes = []
+    try:
+        for log in logs:
+            with log.open("wb") as out:
+                processes.append(subprocess.Popen(
+                    [CLI, "serve", "--port", str(port), "--reuse-port"], env=environment,
+                    stdout=out, stderr=subprocess.STDOUT))
+        deadline = time.monotonic() + 20
+        # Each has bound the shared port before its lifespan starts its worker, which logs.
+        while not all(b"worker started" in log.read_bytes() for log in logs):
+            assert time.monotonic() < deadline, [log.read_text() for log in logs]
+            assert all(p.poll() is None for p in processes), [log.read_text() for log in logs]
+            time.sleep(0.1)
+        connections = [new_id() for _ in range(60)]
+        for connection in connections:  # a new connection each: the kernel picks a receiver
+            body = connection_body("connection.created", company_id=new_id(),
+                                   connection_id=connection, status="PendingAuth",
+                                   generated=at(0))
+            answer = httpx.post(f"http://127.0.0.1:{port}/webhooks/codat", content=body,
+                                headers=sign(body), timeout=10)
+            assert answer.status_code == 200, answer.text
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.wait(30)
+    answered = [log.read_text().count('"msg":"delivery"') for log in logs]
+    assert sum(answered) == 60 and all(answered), answered
+    async def stored() -> int:
+        import asyncpg
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM connections"))
+        finally:
+            await conn.close()
+    assert asyncio.run(stored()) == 60
