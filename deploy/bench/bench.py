@@ -78,7 +78,11 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGETS = ("baseline", "codat-hooks")
 # codat-hooks as users run it (`serve`'s defaults: the embedded worker, a log line per delivery
 # at INFO), with Codat unreachable or with the sandbox answering for every company of the storm.
-WORKER_VARIANTS = ("codat-hooks-defaults", "codat-hooks-sandbox")
+# codat-hooks-scaled (PostgreSQL only): two receivers sharing the port (`serve --reuse-port`,
+# their workers off) and one `codat-hooks worker`, all on the server's CPU, Codat answered by
+# the sandbox: scaling out as the README describes, on the baseline's CPU budget.
+WORKER_VARIANTS = ("codat-hooks-defaults", "codat-hooks-sandbox", "codat-hooks-scaled")
+SANDBOX_VARIANTS = ("codat-hooks-sandbox", "codat-hooks-scaled")
 VARIANTS = ("baseline", "codat-hooks", *WORKER_VARIANTS, "codat-hooks-stock")
 DRAIN_LIMIT_S = 600
 LIST_PATH = "/v1/connections?status=Linked&limit=100"
@@ -484,21 +488,32 @@ class Bench:
     # --- servers ------------------------------------------------------------------------------
 
     def start(self, target: str, database_url: str, port: int, workdir: Path,
-              codat_url: str | None = None) -> subprocess.Popen[bytes]:
+              codat_url: str | None = None, *, name: str | None = None,
+              extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """Start ``target`` on the server's CPU and wait until it answers; ``target``
+        ``worker`` is `codat-hooks worker` with its status port on ``port``, and
+        ``receiver`` is `serve --reuse-port`."""
         a = self.args
         if target == "baseline":
             command = [sys.executable, str(HERE / "baseline.py"), "--port", str(port)]
         elif target == "codat-hooks-stock":
             command = [sys.executable, str(HERE / "stock_server.py"), "--port", str(port)]
+        elif target == "worker":
+            command = [str(CODAT_HOOKS), "worker", "--host", "127.0.0.1", "--port", str(port)]
         else:
             command = [str(CODAT_HOOKS), "serve", "--host", "127.0.0.1", "--port", str(port)]
-        logfile = (workdir / f"{target}.log").open("wb")
+            if target == "receiver":
+                command.append("--reuse-port")
+        name = name or target
+        env = {**self.server_env(database_url, codat_url), **(extra_env or {})}
+        logfile = (workdir / f"{name}.log").open("wb")
         server = subprocess.Popen(["taskset", "-c", str(a.server_cpu), *command], cwd=workdir,
-                                  env=self.server_env(database_url, codat_url), stdout=logfile,
-                                  stderr=subprocess.STDOUT, start_new_session=True)
+                                  env=env, stdout=logfile, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
         logfile.close()
         self.servers.append(server)
-        path = "/webhooks/codat" if target == "baseline" else "/readyz"
+        target = name
+        path = {"baseline": "/webhooks/codat", "worker": "/healthz"}.get(target, "/readyz")
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if server.poll() is not None:
@@ -564,9 +579,9 @@ class Bench:
                 conn.close()
         return {r[0]: r[1] for r in pg_fetch(database_url, query)}
 
-    def drain(self, outcome: Result, database_url: str, pid: int) -> None:
+    def drain(self, outcome: Result, database_url: str, pids: list[int]) -> None:
         """After the storm: how long until no follow-up job is pending, and at what CPU."""
-        started, cpu_before = time.monotonic(), cpu_seconds(pid)
+        started, cpu_before = time.monotonic(), sum(cpu_seconds(p) for p in pids)
         while time.monotonic() - started < DRAIN_LIMIT_S:
             counts = self.jobs(database_url)
             if not counts.get("pending") and not counts.get("running"):
@@ -576,7 +591,7 @@ class Bench:
         else:
             outcome.problems.append(f"follow-up jobs still pending {DRAIN_LIMIT_S} s after "
                                     f"the storm: {self.jobs(database_url)}")
-        outcome.drain_cpu_s = cpu_seconds(pid) - cpu_before
+        outcome.drain_cpu_s = sum(cpu_seconds(p) for p in pids) - cpu_before
         outcome.backlog["after drain: dead"] = self.jobs(database_url).get("dead", 0)
 
     def stop(self, server: subprocess.Popen[bytes]) -> None:
@@ -640,6 +655,7 @@ class Bench:
         a = self.args
         target = variant if variant in ("baseline", "codat-hooks-stock") else "codat-hooks"
         with_worker = variant in WORKER_VARIANTS
+        scaled = variant == "codat-hooks-scaled"
         large = variant == "codat-hooks-large"
         queries = a.large and target == "codat-hooks"
         workdir = self.tmp / f"{db}-{variant}-{run}"
@@ -654,16 +670,25 @@ class Bench:
             pg_name = f"{self.tag}_{variant.replace('-', '_')}_{run}"
             database_url = self.create_pg(pg_name, self.templates[db] if large else None)
         server = sandbox = None
+        servers: list[subprocess.Popen[bytes]] = []
         try:
             if target != "baseline":
                 self.migrate(database_url, workdir)
             codat_url = None
-            if variant == "codat-hooks-sandbox":
+            if variant in SANDBOX_VARIANTS:
                 sandbox, codat_url = self.start_sandbox(workdir)
             elif with_worker:  # a port nothing listens on: every Codat call is refused
                 codat_url = f"http://127.0.0.1:{free_port()}"
             port = free_port()
-            server = self.start(target, database_url, port, workdir, codat_url)
+            if scaled:
+                off = {"WORKER_ENABLED": "false"}
+                servers = [self.start("receiver", database_url, port, workdir, codat_url,
+                                      name=f"receiver-{n}", extra_env=off) for n in (1, 2)]
+                servers.append(self.start("worker", database_url, free_port(), workdir,
+                                          codat_url))
+            else:
+                servers = [self.start(target, database_url, port, workdir, codat_url)]
+            server = servers[0]
             timestamp = int(time.time())
             self.warm_up(port, timestamp)
             requests_file = workdir / "deliveries.bin"
@@ -673,27 +698,29 @@ class Bench:
             backends_before: dict[int, float] = {}
             if pg_name:
                 backends_before = pids_cpu(self.backend_pids(pg_name))
-            cpu_before = cpu_seconds(server.pid)
+            cpu_before = sum(cpu_seconds(s.pid) for s in servers)
             result = self.wrk(f"http://127.0.0.1:{port}/webhooks/codat", "deliveries.lua",
                               [str(requests_file), str(WRK_THREADS)], workdir, "ingest")
-            self.wait_idle(server.pid)
-            cpu = cpu_seconds(server.pid) - cpu_before
+            for each in servers:
+                self.wait_idle(each.pid)
+            cpu = sum(cpu_seconds(s.pid) for s in servers) - cpu_before
             backend_cpu = None
             if pg_name:
                 after = pids_cpu(self.backend_pids(pg_name))
                 backend_cpu = sum(v - backends_before.get(p, 0.0) for p, v in after.items())
-            rss = peak_rss_mb(server.pid)
+            rss = sum(peak_rss_mb(s.pid) for s in servers)
             requests_file.unlink()
             outcome = Result(db, variant, run, result, cpu, backend_cpu, rss, "")
             self.check(outcome, target, database_url, pg_name)
             if with_worker:
                 outcome.backlog = self.jobs(database_url)
                 if sandbox is not None:
-                    self.drain(outcome, database_url, server.pid)
+                    self.drain(outcome, database_url, [s.pid for s in servers])
             if queries:
                 outcome.queries = self.measure_queries(db, database_url, port, workdir, run)
-            if server.poll() is not None:
-                outcome.problems.append(f"the server exited ({server.returncode}) during the run")
+            for each in servers:
+                if each.poll() is not None:
+                    outcome.problems.append(f"a server exited ({each.returncode}) during the run")
             return outcome
         except BenchError as exc:
             if server is not None:
@@ -701,8 +728,8 @@ class Bench:
                                  + tail(workdir / f"{target}.log")) from exc
             raise
         finally:
-            if server is not None:
-                self.stop(server)
+            for each in servers:
+                self.stop(each)
             if sandbox is not None:
                 self.stop(sandbox)
             if pg_name:
@@ -823,6 +850,8 @@ class Bench:
             for run in range(1, a.runs + 1):
                 shift = (run - 1) % len(variants)  # rotate the order to spread drift
                 for variant in variants[shift:] + variants[:shift]:
+                    if variant == "codat-hooks-scaled" and db != "postgres":
+                        continue  # several receivers on one database: PostgreSQL's way
                     log(f"[{db} run {run}/{a.runs}] {variant} ...")
                     result = self.measure(db, variant, run)
                     self.results.append(result)
@@ -894,12 +923,13 @@ class Bench:
             if "baseline" in medians and variant in medians:
                 log(f"throughput {_label(variant)} / baseline: "
                     f"{medians[variant] / medians['baseline']:.2f}x")
-        drained = [r for r in rows if r.drain_s is not None]
-        if drained:
-            log(f"{_label('codat-hooks-sandbox')}: follow-ups drained "
-                f"{statistics.median(r.drain_s or 0 for r in drained):.1f} s after the storm "
-                f"(median); CPU per delivery with them "
-                f"{statistics.median(r.total_cpu_us for r in drained):.0f} µs")
+        for variant in SANDBOX_VARIANTS:
+            drained = [r for r in rows if r.variant == variant and r.drain_s is not None]
+            if drained:
+                log(f"{_label(variant)}: follow-ups drained "
+                    f"{statistics.median(r.drain_s or 0 for r in drained):.1f} s after the "
+                    f"storm (median); CPU per delivery with them "
+                    f"{statistics.median(r.total_cpu_us for r in drained):.0f} µs")
         if "codat-hooks-stock" in medians and "codat-hooks" in medians:
             log(f"throughput with the HTTP limits / without (stock httptools): "
                 f"{medians['codat-hooks'] / medians['codat-hooks-stock']:.3f}x")
@@ -964,7 +994,8 @@ def _label(variant: str) -> str:
             "codat-hooks-stock": "codat-hooks, no limits",
             "codat-hooks": "worker off, WARNING",
             "codat-hooks-defaults": "defaults, Codat down",
-            "codat-hooks-sandbox": "defaults, sandbox"}.get(variant, variant)
+            "codat-hooks-sandbox": "defaults, sandbox",
+            "codat-hooks-scaled": "2 receivers + worker"}.get(variant, variant)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1006,7 +1037,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "by default: the embedded worker, logs at INFO; Codat unreachable); "
                         "codat-hooks-sandbox (the same, Codat answered by the sandbox, which "
                         "knows every company of the storm; the follow-ups are drained and "
-                        "timed after it); codat-hooks-stock (worker off, on uvicorn's stock "
+                        "timed after it); codat-hooks-scaled (PostgreSQL: two `serve "
+                        "--reuse-port` receivers and one `codat-hooks worker`, the sandbox "
+                        "answering); codat-hooks-stock (worker off, on uvicorn's stock "
                         "httptools protocol, without the HTTP limits: what the limits cost)")
     args = p.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -1028,8 +1061,7 @@ def time_budget(args: argparse.Namespace) -> float:
     """Seconds the whole benchmark may take: generous, but bounded."""
     dbs = 2 if args.db == "both" else 1
     per_run = (args.duration + 90) * len(args.variants)
-    if "codat-hooks-sandbox" in args.variants:
-        per_run += DRAIN_LIMIT_S
+    per_run += DRAIN_LIMIT_S * len(set(SANDBOX_VARIANTS) & set(args.variants))
     if args.large:
         per_run += (args.duration * 3 + 120) * 2
     prefill = (args.large_deliveries / 2_000 + 600) if args.large else 0
