@@ -3,6 +3,9 @@
 - :class:`Pressure`: the receiver notes each delivery; while deliveries are flowing, a worker in
   the same process keeps its share of the time small (it sleeps, after each job, a multiple of
   what the job took), so a storm is ingested first, while follow-up work still moves.
+- :class:`StoredPressure`: a standalone worker (``codat-hooks worker``) sees no receiver; it
+  reads when the newest delivery was stored (one index lookup, at most every quarter second)
+  and yields the same way, so its jobs' database work does not crowd out a storm's.
 - :class:`Breaker`: after a few Codat calls in a row that say Codat is unreachable or failing
   (a transport error, a timeout, a 5xx), Codat's jobs wait a while (doubling, up to 60 times
   the first wait) and then one tries again; a success closes it. While it is open the worker
@@ -12,7 +15,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 
 
 class Pressure:
@@ -27,6 +31,10 @@ class Pressure:
     def delivered(self) -> None:
         self._last = self._clock()
 
+    async def refresh(self) -> None:
+        """Learn of deliveries this process did not see itself (here: nothing to learn, the
+        receiver says :meth:`delivered`)."""
+
     def busy(self) -> bool:
         """A delivery came in within the window."""
         return self._clock() - self._last < self._window
@@ -39,6 +47,33 @@ class Pressure:
         if not self.busy():
             return 0.0
         return min(ceiling, max(floor, job_seconds * (1 - share) / share))
+
+
+class StoredPressure(Pressure):
+    """Deliveries are flowing when the newest stored one was received within ``window``
+    (receivers' clocks and ours may differ by a little: the window is a second)."""
+
+    def __init__(self, newest: Callable[[], Awaitable[datetime | None]], *,
+                 window: float = 1.0, every: float = 0.25,
+                 clock: Callable[[], float] = time.monotonic,
+                 now: Callable[[], datetime] | None = None) -> None:
+        super().__init__(window=window, clock=clock)
+        self._newest = newest
+        self._every = every
+        self._checked = float("-inf")
+        self._now = now
+
+    async def refresh(self) -> None:
+        if self._clock() - self._checked < self._every:
+            return
+        self._checked = self._clock()
+        newest = await self._newest()
+        if newest is None:
+            return
+        now = self._now() if self._now is not None else datetime.now(newest.tzinfo)
+        age = (now - newest).total_seconds()
+        if age < self._window:
+            self._last = self._clock() - max(0.0, age)
 
 
 class Breaker:

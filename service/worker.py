@@ -94,9 +94,12 @@ class Worker:
                 ran = 0
             # Deliveries come first: while they flow, the jobs of an embedded worker take only a
             # small share of the time (see service/pacing.py).
+            took = time.monotonic() - started
+            if ran and self._pressure is not None:
+                with contextlib.suppress(DatabaseUnavailable):
+                    await self._pressure.refresh()
             pause = self._poll if not ran else (
-                0.0 if self._pressure is None
-                else self._pressure.pause_after(time.monotonic() - started))
+                0.0 if self._pressure is None else self._pressure.pause_after(took))
             if pause:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), pause)

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service import outbox
 from service.app import (
     Health,
     build_worker,
@@ -23,6 +24,7 @@ from service.app import (
 from service.db import Database, open_database
 from service.localserver import running
 from service.metrics import Metrics
+from service.pacing import StoredPressure
 from service.refusals import RefusalLog
 from service.settings import Settings
 from service.worker import Worker
@@ -61,8 +63,10 @@ async def run_worker(settings: Settings, *, worker_id: str | None, host: str,
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     push_client = push_http_client()
+    # No receiver in this process: it learns of a storm from the newest stored delivery.
+    pressure = StoredPressure(lambda: db.read(outbox.newest_delivery_at))
     worker = build_worker(settings, db, client, metrics, worker_id=worker_id,
-                          push_client=push_client)
+                          push_client=push_client, pressure=pressure)
     try:
         if port is None:
             await worker.run(stop)

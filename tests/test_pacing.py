@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -12,8 +13,9 @@ from schemas.commands import Command, JobKind
 from service import outbox, store
 from service.app import build_worker
 from service.db import utcnow
-from service.pacing import Breaker, Pressure
+from service.pacing import Breaker, Pressure, StoredPressure
 from tests.conftest import Service
+from tests.factories import at, connection_body, new_id, sign
 
 
 class Clock:
@@ -59,6 +61,68 @@ def test_pressure_makes_the_worker_wait_only_while_deliveries_flow() -> None:
     assert pressure.pause_after(5.0) == 1.0  # a ceiling: follow-up work always moves
     clock.now += 0.3
     assert pressure.pause_after(0.01) == 0.0
+
+
+async def test_stored_pressure_reads_the_newest_delivery_at_most_every_quarter_second(
+        ) -> None:
+    clock = Clock()
+    wall = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
+    newest: list[datetime | None] = [None]
+    reads = 0
+
+    async def read() -> datetime | None:
+        nonlocal reads
+        reads += 1
+        return newest[0]
+    pressure = StoredPressure(read, window=1.0, every=0.25, clock=clock, now=lambda: wall)
+    await pressure.refresh()
+    assert not pressure.busy()  # nothing stored yet
+    newest[0] = wall - timedelta(seconds=0.4)
+    await pressure.refresh()
+    assert reads == 1 and not pressure.busy()  # asked again too soon: not read
+    clock.now += 0.3
+    await pressure.refresh()
+    assert reads == 2 and pressure.busy()  # a delivery 0.4 s ago
+    assert pressure.pause_after(0.01) == pytest.approx(0.09)
+    clock.now += 0.61  # the same newest delivery is now over a second old
+    assert not pressure.busy()
+    newest[0] = wall - timedelta(seconds=5)
+    clock.now += 0.3
+    await pressure.refresh()
+    assert not pressure.busy()
+
+
+async def test_a_standalone_worker_yields_while_receivers_store_deliveries(
+        service: Service) -> None:
+    # The worker sees no receiver: it learns of the storm from the newest stored delivery.
+    await _jobs(service, 300)
+    settings = service.settings.model_copy(update={"codat_breaker_seconds": 0.0,
+                                                   "outbox_backoff_base_seconds": 30.0})
+    pressure = StoredPressure(lambda: service.db.read(outbox.newest_delivery_at))
+    assert await service.db.read(outbox.newest_delivery_at) is None
+    worker = build_worker(settings, service.db, service.app.state.codat,
+                          service.app.state.metrics, pressure=pressure)
+    stop = asyncio.Event()
+
+    async def storm() -> None:
+        while not stop.is_set():
+            body = connection_body("connection.created", company_id=new_id(),
+                                   connection_id=new_id(), status="PendingAuth",
+                                   generated=at(0))
+            answer = await service.client.post("/webhooks/codat", content=body,
+                                               headers=sign(body))
+            assert answer.status_code == 200
+            await asyncio.sleep(0.05)
+    receivers = asyncio.create_task(storm())
+    await asyncio.sleep(0.2)
+    task = asyncio.create_task(worker.run(stop))
+    await asyncio.sleep(1.0)
+    stop.set()
+    await asyncio.gather(task, receivers)
+    newest = await service.db.read(outbox.newest_delivery_at)
+    assert newest is not None and (utcnow() - newest).total_seconds() < 5
+    yielding = await _attempts(service)
+    assert 0 < yielding <= 51, yielding  # at most one job per 20 ms while the storm lasts
 
 
 async def _jobs(service: Service, count: int) -> None:
