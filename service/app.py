@@ -120,9 +120,9 @@ def build_worker(settings: Settings, db: Database, client: CodatClient,
     return Worker(db=db, followups=followups, metrics=metrics, worker_id=worker_id,
                   subscriptions=subscriptions if pusher is not None else (),
                   pressure=pressure,
+                  # A cooldown of 0 never opens: CODAT_BREAKER_SECONDS=0 turns the breaker off.
                   breaker=Breaker(cooldown=settings.codat_breaker_seconds,
-                                  ceiling=60 * settings.codat_breaker_seconds,
-                                  threshold=3 if settings.codat_breaker_seconds else 2**31),
+                                  ceiling=60 * settings.codat_breaker_seconds),
                   policy=RetryPolicy(settings.outbox_backoff_base_seconds,
                                      settings.outbox_backoff_max_seconds,
                                      settings.outbox_max_attempts),
@@ -230,6 +230,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None,
                     exception_handlers={ClientDisconnect: _client_gone})
     app.state.settings = settings
     app.state.refusals = refusals
+    app.state.receiver = receiver
     app.state.db = database
     app.state.metrics = metrics
     app.state.codat = client

@@ -189,15 +189,6 @@ async def counts(tx: Tx, *, now: datetime) -> tuple[dict[str, int], datetime | N
     return by_status, as_dt(await tx.fetchval(_OLDEST_DUE, now))
 
 
-_NEWEST_DELIVERY = sql("SELECT MAX(received_at) FROM deliveries")
-
-
-async def newest_delivery_at(tx: Tx) -> datetime | None:
-    """When the newest delivery was received (one step down ix_deliveries_received_at): how a
-    standalone worker knows that a storm is under way."""
-    return as_dt(await tx.fetchval(_NEWEST_DELIVERY))
-
-
 async def paused_until(tx: Tx) -> datetime | None:
     """Until when Codat's rate limit pauses every call (None: not paused)."""
     return as_dt(await tx.fetchval(_PAUSED_UNTIL))

@@ -72,7 +72,6 @@ class Receiver:
 
     async def __call__(self, request: Request) -> Response:
         started = time.perf_counter()
-        self.pressure.delivered()
         try:
             check_declared_length(request, self._max_body)
             named = _first_values(request)
@@ -91,6 +90,9 @@ class Receiver:
                 "status": exc.status_code, "reason": reason,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 3)})
             return _json(exc.status_code, {"error": str(exc)})
+        # Only an authentic delivery makes an embedded worker yield: refused traffic, however
+        # much of it, cannot hold follow-up work back.
+        self.pressure.delivered()
         self._metrics.verified_by.labels(secret_id).inc()
         headers = {k: v for k in _KEPT_HEADERS if (v := named.get(k)) is not None}
         delivery = new_delivery(message_id=signed.message_id, timestamp=int(signed.timestamp),

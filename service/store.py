@@ -18,7 +18,7 @@ from schemas.commands import NOTHING_HEARD, Cause, Command, Stored, Verdict, Wor
 from schemas.events import CompanyInfo, DataTypeRead, WriteCompleted
 from schemas.state import Source, State
 from service import feed
-from service.db import Row, Tx, sql, to_json
+from service.db import Row, Tx, as_dt, sql, to_json
 from service.errors import Contended
 
 DEFAULT_MAX_ATTEMPTS = 8
@@ -89,6 +89,15 @@ async def insert_delivery(tx: Tx, *, delivery: NewDelivery, facts: DeliveryFacts
         to_json(delivery.headers), delivery.secret_id, delivery.received_at, facts.outcome,
         facts.error)
     return row is not None
+
+
+_NEWEST_DELIVERY = sql("SELECT MAX(received_at) FROM deliveries")
+
+
+async def newest_delivery_at(tx: Tx) -> datetime | None:
+    """When the newest delivery was received (one step down ix_deliveries_received_at): how a
+    standalone worker knows that a storm is under way."""
+    return as_dt(await tx.fetchval(_NEWEST_DELIVERY))
 
 
 async def lock_delivery(tx: Tx, *, message_id: str) -> Row | None:

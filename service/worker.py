@@ -92,8 +92,9 @@ class Worker:
             except DatabaseUnavailable as exc:
                 log.warning("database unavailable", extra={"fields": {"error": str(exc)}})
                 ran = 0
-            # Deliveries come first: while they flow, the jobs of an embedded worker take only a
-            # small share of the time (see service/pacing.py).
+            # Deliveries come first: while they flow, jobs take only a small share of the time
+            # (see service/pacing.py: the receiver tells an embedded worker; a standalone one
+            # reads it from the database).
             took = time.monotonic() - started
             if ran and self._pressure is not None:
                 with contextlib.suppress(DatabaseUnavailable):

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service import outbox
+from service import store
 from service.app import (
     Health,
     build_worker,
@@ -64,7 +64,7 @@ async def run_worker(settings: Settings, *, worker_id: str | None, host: str,
         loop.add_signal_handler(sig, stop.set)
     push_client = push_http_client()
     # No receiver in this process: it learns of a storm from the newest stored delivery.
-    pressure = StoredPressure(lambda: db.read(outbox.newest_delivery_at))
+    pressure = StoredPressure(lambda: db.read(store.newest_delivery_at))
     worker = build_worker(settings, db, client, metrics, worker_id=worker_id,
                           push_client=push_client, pressure=pressure)
     try:

@@ -98,8 +98,8 @@ async def test_a_standalone_worker_yields_while_receivers_store_deliveries(
     await _jobs(service, 300)
     settings = service.settings.model_copy(update={"codat_breaker_seconds": 0.0,
                                                    "outbox_backoff_base_seconds": 30.0})
-    pressure = StoredPressure(lambda: service.db.read(outbox.newest_delivery_at))
-    assert await service.db.read(outbox.newest_delivery_at) is None
+    pressure = StoredPressure(lambda: service.db.read(store.newest_delivery_at))
+    assert await service.db.read(store.newest_delivery_at) is None
     worker = build_worker(settings, service.db, service.app.state.codat,
                           service.app.state.metrics, pressure=pressure)
     stop = asyncio.Event()
@@ -119,7 +119,7 @@ async def test_a_standalone_worker_yields_while_receivers_store_deliveries(
     await asyncio.sleep(1.0)
     stop.set()
     await asyncio.gather(task, receivers)
-    newest = await service.db.read(outbox.newest_delivery_at)
+    newest = await service.db.read(store.newest_delivery_at)
     assert newest is not None and (utcnow() - newest).total_seconds() < 5
     yielding = await _attempts(service)
     assert 0 < yielding <= 51, yielding  # at most one job per 20 ms while the storm lasts
@@ -195,3 +195,18 @@ async def test_an_embedded_worker_yields_to_deliveries(service: Service) -> None
     assert time.monotonic() - started < 3  # and stopped promptly
     free = await one_second(Pressure(), flowing=False)
     assert free > 2 * yielding, (free, yielding)
+
+
+async def test_only_authentic_deliveries_make_an_embedded_worker_yield(service: Service) -> None:
+    # A flood of refused requests (anyone can send them) must not hold follow-up work back.
+    pressure = service.app.state.receiver.pressure
+    body = connection_body("connection.created", company_id=new_id(), connection_id=new_id(),
+                           status="PendingAuth", generated=at(0))
+    forged = {**sign(body), "svix-signature": "v1," + "A" * 43 + "="}
+    for _ in range(5):
+        answer = await service.client.post("/webhooks/codat", content=body, headers=forged)
+        assert answer.status_code == 401
+    assert not pressure.busy()
+    answer = await service.client.post("/webhooks/codat", content=body, headers=sign(body))
+    assert answer.status_code == 200
+    assert pressure.busy()
