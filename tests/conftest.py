@@ -11,6 +11,7 @@ import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,15 +158,21 @@ async def start_service(settings: Settings) -> tuple[Any, Any, httpx.AsyncClient
     return app, lifespan, client
 
 
-@pytest.fixture
-async def service(database_url: str) -> AsyncIterator[Service]:
-    settings = make_settings(database_url)
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[Service]:
+    """The app for ``settings``, started, with a client talking to it in process."""
     app, lifespan, client = await start_service(settings)
     try:
         yield Service(app, client, settings)
     finally:
         await client.aclose()
         await lifespan.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def service(database_url: str) -> AsyncIterator[Service]:
+    async with serving(make_settings(database_url)) as running:
+        yield running
 
 
 async def install_failure(db: Database, *connection_ids: str) -> None:

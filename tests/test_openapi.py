@@ -26,7 +26,7 @@ from service import api_models, feed_models
 from service.localserver import free_port
 from service.openapi import document_path, openapi_document
 from service.outbox import JobStatus
-from tests.conftest import Service, make_settings, start_service
+from tests.conftest import Service, make_settings, serving, start_service
 from tests.contract import Contract
 from tests.factories import (
     TOKEN,
@@ -62,13 +62,8 @@ def _routes(app: Any) -> set[tuple[str, str]]:
 @pytest.fixture
 async def reader_service(database_url: str) -> AsyncIterator[Service]:
     """The app with a full-rights token (TOKEN) and a read-only one (READ_TOKEN)."""
-    settings = make_settings(database_url, service_read_tokens=READ_TOKEN)
-    app, lifespan, client = await start_service(settings)
-    try:
-        yield Service(app, client, settings)
-    finally:
-        await client.aclose()
-        await lifespan.__aexit__(None, None, None)
+    async with serving(make_settings(database_url, service_read_tokens=READ_TOKEN)) as running:
+        yield running
 
 
 async def _contract(client: httpx.AsyncClient) -> Contract:

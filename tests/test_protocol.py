@@ -99,21 +99,27 @@ def test_100_mb_headers_leave_memory_flat(tmp_path: Path) -> None:
 
 # --- deadlines and idle connections -------------------------------------------------------------
 
+def trickle(sock: socket.socket, parts: list[bytes]) -> bytes:
+    """Send ``parts`` one every 0.2 s until the server answers; return its whole answer."""
+    answer = b""
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        for part in parts:
+            sock.sendall(part)
+            sock.settimeout(0.2)
+            with contextlib.suppress(TimeoutError):
+                answer += sock.recv(4096)
+            if answer:
+                break
+    sock.settimeout(5)
+    return answer + read_answer(sock)
+
+
 def test_a_trickled_head_gets_408_and_is_closed(fast: Proc) -> None:
     with connect(fast) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\n")
         started = time.monotonic()
-        answer = b""
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            for i in range(20):  # one header line every 0.2 s: never a whole head
-                sock.sendall(b"X-%d: 1\r\n" % i)
-                sock.settimeout(0.2)
-                with contextlib.suppress(TimeoutError):
-                    answer += sock.recv(4096)
-                if answer:
-                    break
-        sock.settimeout(5)
-        answer += read_answer(sock)
+        # one header line every 0.2 s: never a whole head
+        answer = trickle(sock, [b"X-%d: 1\r\n" % i for i in range(20)])
         assert status_of(answer) == 408, answer[:100]
         assert 0.8 < time.monotonic() - started < 3
 
@@ -133,17 +139,7 @@ def test_a_trickled_body_gets_408_and_is_closed(fast: Proc, framing: str) -> Non
     with connect(fast) as sock:
         sock.sendall(head)
         started = time.monotonic()
-        answer = b""
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-            for part in parts[:30]:  # one byte every 0.2 s
-                sock.sendall(part)
-                sock.settimeout(0.2)
-                with contextlib.suppress(TimeoutError):
-                    answer += sock.recv(4096)
-                if answer:
-                    break
-        sock.settimeout(5)
-        answer += read_answer(sock)
+        answer = trickle(sock, parts[:30])  # one byte every 0.2 s
     assert status_of(answer) == 408, answer[:100]
     assert 0.8 < time.monotonic() - started < 3
     listed = httpx.get(f"{fast.url}/v1/connections", headers=bearer()).json()
