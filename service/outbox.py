@@ -54,17 +54,27 @@ class RetryPolicy:
 # The worker's attempt limit is written onto the job as it is claimed: the limit in force. A job
 # of a sequence waits while an earlier one of it is pending or running; _CLAIM_KINDS limits the
 # kinds (while Codat's rate limit is reached, only jobs that do not call Codat run).
-_CLAIM_FROM = """
+# Due jobs and jobs whose lease expired are looked up apart, each in the order of the
+# (status, next_attempt_at) index, so that a claim reads a few index entries whatever the
+# backlog: one condition "pending and due OR running and expired" made both databases collect
+# and sort every due job for each claim (2.5 ms with 5,700 pending, the drain quadratic).
+_SEQUENCE_FREE = """(j.sequence IS NULL OR NOT EXISTS (
+        SELECT 1 FROM outbox e WHERE e.sequence = j.sequence AND e.ordinal < j.ordinal
+            AND e.status IN ('pending', 'running')))"""
+_CLAIM_FROM = f"""
+WITH due AS (
+    SELECT j.id, j.next_attempt_at FROM outbox j
+    WHERE j.status = 'pending' AND j.next_attempt_at <= $3{{kinds}} AND {_SEQUENCE_FREE}
+    ORDER BY j.next_attempt_at, j.id LIMIT $4{{{{skip_locked}}}}),
+expired AS (
+    SELECT j.id, j.next_attempt_at FROM outbox j
+    WHERE j.status = 'running' AND j.lease_until < $3{{kinds}} AND {_SEQUENCE_FREE}
+    ORDER BY j.next_attempt_at, j.id LIMIT $4{{{{skip_locked}}}})
 UPDATE outbox SET status = 'running', locked_by = $1, lease_until = $2, attempts = attempts + 1,
     max_attempts = $5, updated_at = $3
-WHERE id IN (
-    SELECT j.id FROM outbox j
-    WHERE ((j.status = 'pending' AND j.next_attempt_at <= $3)
-           OR (j.status = 'running' AND j.lease_until < $3)){kinds}
-        AND (j.sequence IS NULL OR NOT EXISTS (
-            SELECT 1 FROM outbox e WHERE e.sequence = j.sequence AND e.ordinal < j.ordinal
-                AND e.status IN ('pending', 'running')))
-    ORDER BY j.next_attempt_at, j.id LIMIT $4{{skip_locked}})
+WHERE id IN (SELECT id FROM (SELECT id, next_attempt_at FROM due
+                             UNION ALL SELECT id, next_attempt_at FROM expired) AS candidates
+             ORDER BY next_attempt_at, id LIMIT $4)
 RETURNING id, kind, dedupe_key, company_id, connection_id, payload, attempts, max_attempts"""
 _CLAIM = sql(_CLAIM_FROM.format(kinds=""))
 _CLAIM_KINDS = sql(_CLAIM_FROM.format(

@@ -1,0 +1,135 @@
+"""The outbox's claim (service/outbox.py), on SQLite and PostgreSQL: which jobs it takes, in
+which order, and that taking one reads a few index entries however long the backlog is."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from schemas.commands import Command, JobKind
+from service import outbox, store
+from service.db import Tx, utcnow
+from tests.conftest import Service
+
+LEASE = timedelta(seconds=1)
+
+
+def _confirm(n: int) -> Command:
+    return Command(JobKind.CONFIRM_CONNECTION, f"confirm:{n}", "company", f"connection-{n}")
+
+
+async def test_a_claim_takes_expired_leases_and_due_jobs_oldest_first(service: Service) -> None:
+    t0 = utcnow()
+    for n, offset in enumerate((0, 1, 2, 100)):
+        async def enqueue(tx: Tx, n: int = n, offset: int = offset) -> None:
+            await store.enqueue(tx, commands=[_confirm(n)], now=t0 + timedelta(seconds=offset))
+        await service.db.write(enqueue)
+
+    async def claim(worker: str, at: float, limit: int) -> list[tuple[str, int]]:
+        jobs = await service.db.write(lambda tx: outbox.claim(
+            tx, worker_id=worker, now=t0 + timedelta(seconds=at), lease=LEASE, limit=limit))
+        return sorted((job.connection_id or "", job.attempts) for job in jobs)
+
+    assert await claim("first", 0.5, 5) == [("connection-0", 1)]  # only that one is due
+    assert await claim("second", 1.2, 5) == [("connection-1", 1)]  # first's lease still holds
+    # At 10 s: first's lease (to 1.5 s) and second's (to 2.2 s) have expired; the oldest two
+    # of everything due go first, whether pending or expired.
+    assert await claim("third", 10, 2) == [("connection-0", 2), ("connection-1", 2)]
+    assert await claim("third", 10, 5) == [("connection-2", 1)]
+    assert await claim("third", 10, 5) == []  # connection-3 is due at 100 s
+    rows = await service.rows("SELECT connection_id, locked_by FROM outbox "
+                              "WHERE status = 'running' ORDER BY connection_id")
+    assert [(r["connection_id"], r["locked_by"]) for r in rows] == [
+        ("connection-0", "third"), ("connection-1", "third"), ("connection-2", "third")]
+
+
+async def test_a_claim_only_takes_jobs_that_do_not_call_codat_when_told(
+        service: Service) -> None:
+    t0 = utcnow()
+    push = Command(JobKind.PUSH_CHANGE, "push:1", "company", "connection-9", {"n": 1})
+
+    async def enqueue(tx: Tx) -> None:
+        await store.enqueue(tx, commands=[_confirm(1)], now=t0)
+        await store.enqueue(tx, commands=[push], now=t0 + timedelta(seconds=1))
+    await service.db.write(enqueue)
+    jobs = await service.db.write(lambda tx: outbox.claim(
+        tx, worker_id="w", now=t0 + timedelta(seconds=5), lease=LEASE, limit=5, codat=False))
+    assert [job.kind for job in jobs] == [JobKind.PUSH_CHANGE]
+
+
+# --- the cost of a claim does not grow with the backlog ---------------------------------------
+
+def _pending_rows(count: int, now: str) -> list[tuple[Any, ...]]:
+    return [(f"job-{n:06d}", "confirm_connection", f"confirm:{n}", "company", f"connection-{n}",
+             "{}", "pending", 0, 8, f"2026-01-01 00:{n // 6000 % 60:02d}:{n // 100 % 60:02d}."
+             f"{n % 100:06d}+00:00", now, now) for n in range(count)]
+
+
+_INSERT = ("INSERT INTO outbox (id, kind, dedupe_key, company_id, connection_id, payload, status, "
+           "attempts, max_attempts, next_attempt_at, created_at, updated_at) "
+           "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)")
+_NOW = "2026-06-01 00:00:00.000000+00:00"
+
+
+def _sqlite_claim_steps(path: Path, backlog: int) -> int:
+    """SQLite virtual-machine steps (in thousands) that one claim takes with ``backlog`` jobs
+    pending."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("DELETE FROM outbox")
+        conn.executemany(_INSERT.replace("$", "?"), _pending_rows(backlog, _NOW))
+        steps = 0
+
+        def count() -> int:
+            nonlocal steps
+            steps += 1
+            return 0
+        conn.execute("BEGIN")
+        conn.set_progress_handler(count, 1000)
+        claimed = conn.execute(outbox._CLAIM.sqlite, ("w", _NOW, _NOW, 1, 8)).fetchall()
+        conn.set_progress_handler(None, 0)
+        conn.execute("ROLLBACK")
+        assert [row[0] for row in claimed] == ["job-000000"]
+        return steps
+    finally:
+        conn.close()
+
+
+def test_a_sqlite_claim_reads_as_much_with_5000_jobs_pending_as_with_50(
+        sqlite_template: Path, tmp_path: Path) -> None:
+    path = tmp_path / "claim.db"
+    shutil.copy(sqlite_template, path)
+    small, large = _sqlite_claim_steps(path, 50), _sqlite_claim_steps(path, 5000)
+    # Before: every due job collected and sorted for each claim (about 100 times the steps).
+    assert large <= small + 2, (small, large)
+
+
+async def test_a_postgres_claim_reads_a_few_rows_with_5000_jobs_pending(
+        postgres_url: str) -> None:
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        await conn.execute("TRUNCATE outbox")
+        rows = _pending_rows(5000, _NOW)
+        await conn.executemany(_INSERT.replace("$10", "$10::text::timestamptz")
+                               .replace("$11", "$11::text::timestamptz")
+                               .replace("$12", "$12::text::timestamptz"), rows)
+        await conn.execute("ANALYZE outbox")
+        measuring = conn.transaction()
+        await measuring.start()
+        plan = json.loads(await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + outbox._CLAIM.pg,
+                                              "w", utcnow(), utcnow(), 1, 8))
+        await measuring.rollback()  # the claim is only measured, never kept
+
+        def scanned(node: dict[str, Any]) -> list[int]:
+            own = [int(node["Actual Rows"])] if "Scan" in node["Node Type"] else []
+            return own + [n for child in node.get("Plans", []) for n in scanned(child)]
+        reads = scanned(plan[0]["Plan"])
+        assert reads and max(reads) <= 100, reads  # before: 5,000 (a bitmap scan of them all)
+    finally:
+        await conn.close()
