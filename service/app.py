@@ -127,7 +127,8 @@ def build_worker(settings: Settings, db: Database, client: CodatClient,
                                      settings.outbox_backoff_max_seconds,
                                      settings.outbox_max_attempts),
                   lease_seconds=settings.outbox_lease_seconds,
-                  poll_seconds=settings.worker_poll_seconds)
+                  poll_seconds=settings.worker_poll_seconds,
+                  concurrency=settings.worker_concurrency)
 
 
 def push_http_client() -> httpx.AsyncClient:

@@ -126,6 +126,10 @@ class Settings(BaseSettings):
     # A standalone worker (`codat-hooks worker`) lowers its CPU priority by this much, so that
     # receivers sharing its machine come first under a storm (an embedded worker yields instead).
     worker_nice: int = Field(default=10, ge=0, le=19)
+    # Jobs a worker claims together and runs at once: their Codat calls overlap and their writes
+    # share commits. Codat allows 10 concurrent requests per active company; 4 leaves room for
+    # the onboarding API and for a second worker.
+    worker_concurrency: int = Field(default=4, ge=1, le=10)
     outbox_max_attempts: int = Field(default=8, ge=1, le=100)
     outbox_lease_seconds: float = Field(default=60.0, gt=0)
     outbox_backoff_base_seconds: float = Field(default=2.0, gt=0)

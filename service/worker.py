@@ -43,7 +43,8 @@ class Worker:
                  lease_seconds: float, poll_seconds: float, metrics: Metrics | None = None,
                  worker_id: str | None = None,
                  subscriptions: tuple[Subscription, ...] = (),
-                 pressure: Pressure | None = None, breaker: Breaker | None = None) -> None:
+                 pressure: Pressure | None = None, breaker: Breaker | None = None,
+                 concurrency: int = 1) -> None:
         self._db = db
         self._pressure = pressure  # the receiver's, when this worker shares its process
         self._breaker = breaker or Breaker()
@@ -56,12 +57,13 @@ class Worker:
         self._poll = poll_seconds
         self._metrics = metrics
         self.worker_id = worker_id or default_worker_id()
-        self._current: Job | None = None
+        self._concurrency = concurrency
         self.heartbeat = time.monotonic()  # the last time the loop went round
 
     async def run_once(self) -> int:
-        """Hand new changes to the push subscribers; claim and run at most one due job; return
-        how many ran (0 or 1)."""
+        """Hand new changes to the push subscribers; claim up to ``concurrency`` due jobs and
+        run them at once (their Codat calls overlap, their writes share commits); return how
+        many ran."""
         if self._subscriptions:
             horizon = await self._horizon.current(self._db, patience=0)
             if horizon != self._handed:
@@ -73,10 +75,12 @@ class Worker:
         # While Codat's quota is used up, or Codat keeps failing, Codat calls wait; pushes do not.
         codat = (paused is None or paused <= now) and not self._breaker.open
         jobs = await self._db.write(lambda tx: outbox.claim(
-            tx, worker_id=self.worker_id, now=now, lease=self._lease, limit=1,
+            tx, worker_id=self.worker_id, now=now, lease=self._lease, limit=self._concurrency,
             max_attempts=self._policy.max_attempts, codat=codat))
-        for job in jobs:
-            await self._execute(job)
+        if len(jobs) == 1:
+            await self._execute(jobs[0])
+        elif jobs:
+            await asyncio.gather(*(self._execute(job) for job in jobs))
         return len(jobs)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -109,23 +113,20 @@ class Worker:
                 self._metrics.worker_heartbeat.remove(self.worker_id)
         log.info("worker stopped", extra={"fields": {"worker_id": self.worker_id}})
 
-    async def release_current(self) -> None:
-        """Give the running job back (used when a stop could not wait for it)."""
-        job = self._current
-        if job is not None:
-            await self._db.write(lambda tx: outbox.release(
-                tx, job=job, worker_id=self.worker_id, now=utcnow()))
+    async def _release(self, job: Job) -> None:
+        """Give a running job back (used when a stop could not wait for it)."""
+        await self._db.write(lambda tx: outbox.release(
+            tx, job=job, worker_id=self.worker_id, now=utcnow()))
 
     async def _execute(self, job: Job) -> None:
         started = time.perf_counter()
-        self._current = job
         retry_after: float | None = None
         renewal = asyncio.create_task(self._keep_lease(job))
         try:
             summary = await self._followups.run(job)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                await self.release_current()
+                await self._release(job)
             raise
         except Retryable as exc:
             error, retryable, retry_after = str(exc), True, exc.retry_after
@@ -142,7 +143,6 @@ class Worker:
             self._log(job, "done", started, summary=summary)
             return
         finally:
-            self._current = None
             renewal.cancel()
         if retryable and job.attempts < job.max_attempts:
             delay = self._policy.delay(job.attempts, retry_after)

@@ -97,7 +97,8 @@ async def test_a_standalone_worker_yields_while_receivers_store_deliveries(
     # The worker sees no receiver: it learns of the storm from the newest stored delivery.
     await _jobs(service, 300)
     settings = service.settings.model_copy(update={"codat_breaker_seconds": 0.0,
-                                                   "outbox_backoff_base_seconds": 30.0})
+                                                   "outbox_backoff_base_seconds": 30.0,
+                                                   "worker_concurrency": 1})
     pressure = StoredPressure(lambda: service.db.read(store.newest_delivery_at))
     assert await service.db.read(store.newest_delivery_at) is None
     worker = build_worker(settings, service.db, service.app.state.codat,
@@ -148,7 +149,8 @@ async def test_against_an_unreachable_codat_the_breaker_stops_the_retry_storm(
     # breaker, three attempts and then nothing (no claim, no write); without it, every job.
     await _jobs(service, 100)
     settings = service.settings.model_copy(update={
-        "codat_breaker_seconds": breaker_seconds, "outbox_backoff_base_seconds": 30.0})
+        "codat_breaker_seconds": breaker_seconds, "outbox_backoff_base_seconds": 30.0,
+        "worker_concurrency": 1})  # (a batch of concurrent jobs all fail before it opens)
     worker = build_worker(settings, service.db, service.app.state.codat,
                           service.app.state.metrics)
     stop = asyncio.Event()
@@ -166,11 +168,13 @@ async def test_against_an_unreachable_codat_the_breaker_stops_the_retry_storm(
 
 async def test_an_embedded_worker_yields_to_deliveries(service: Service) -> None:
     # While deliveries flow, each job is followed by a pause of at least 20 ms (nine times the
-    # job's length when that is longer): in one second, at most 50 jobs. The same worker
-    # with nothing arriving runs them back to back.
+    # job's length when that is longer): in one second, at most 50 jobs (one at a time here;
+    # a batch of concurrent jobs is paced the same). The same worker with nothing arriving runs
+    # them back to back.
     await _jobs(service, 300)
     settings = service.settings.model_copy(update={"codat_breaker_seconds": 0.0,
-                                                   "outbox_backoff_base_seconds": 30.0})
+                                                   "outbox_backoff_base_seconds": 30.0,
+                                                   "worker_concurrency": 1})
 
     async def one_second(pressure: Pressure, flowing: bool) -> int:
         before = await _attempts(service)

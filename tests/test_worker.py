@@ -176,6 +176,30 @@ async def test_a_job_that_outlives_its_lease_does_not_run_twice_at_once(
         assert done["attempts"] == 1  # ...by the one worker that held the job
 
 
+async def test_a_worker_runs_the_jobs_it_claims_at_once_each_exactly_once(
+        database_url: str) -> None:
+    async with flow(database_url, worker_enabled=False, worker_concurrency=3) as f:
+        linked = [await linking_with_fault(f, delay=2.0) for _ in range(4)]
+        for _, connection_id, _ in linked:
+            await confirm_job(f, connection_id, status="pending")
+        worker = build_worker(f.settings, f.db, f.app.state.codat)
+        batch = asyncio.create_task(worker.run_once())
+
+        async def three_in_flight() -> list[str]:
+            waiting = [path for _, _, path in linked
+                       if any(c["status"] is None for c in await f.calls("GET", path))]
+            return waiting if len(waiting) == 3 else []
+        # Three Codat calls waiting at the same moment: the worker's three jobs overlap.
+        await eventually(three_in_flight, timeout=1.8, what="three calls in flight at once")
+        assert await batch == 3
+        while await worker.run_once():  # the fourth confirm, and what the first three queued
+            pass
+        for _, connection_id, path in linked:
+            done = await confirm_job(f, connection_id)
+            assert (done["status"], done["attempts"]) == ("done", 1)
+            assert len(await f.calls("GET", path)) == 1
+
+
 async def test_a_codat_answer_slower_than_the_timeout_is_retried_and_webhooks_stay_fast(
         database_url: str) -> None:
     async with flow(database_url, codat_timeout_seconds=0.6,
