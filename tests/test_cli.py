@@ -167,8 +167,8 @@ async def run_jobs(service: Service, transport: httpx.MockTransport) -> int:
     ran = 0
     try:
         worker = build_worker(service.settings, service.db, client)
-        while await worker.run_once():
-            ran += 1
+        while jobs := await worker.run_once():
+            ran += jobs
     finally:
         await client.aclose()
     return ran

@@ -315,8 +315,8 @@ async def test_every_job_is_one_json_line_with_its_fields(database_url: str,
         settings = service.settings.model_copy(update={"codat_breaker_seconds": 0.0})
         worker = build_worker(settings, service.db, service.app.state.codat)
         ran = 0
-        while await worker.run_once():  # retries are rescheduled for later: the loop ends
-            ran += 1
+        while jobs := await worker.run_once():  # retries are rescheduled for later: it ends
+            ran += jobs
     assert ran == 8  # a confirm and a reconcile job per connection
 
     jobs = lines.named("follow-up job")

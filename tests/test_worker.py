@@ -179,24 +179,35 @@ async def test_a_job_that_outlives_its_lease_does_not_run_twice_at_once(
 async def test_a_worker_runs_the_jobs_it_claims_at_once_each_exactly_once(
         database_url: str) -> None:
     async with flow(database_url, worker_enabled=False, worker_concurrency=3) as f:
-        linked = [await linking_with_fault(f, delay=2.0) for _ in range(4)]
-        for _, connection_id, _ in linked:
-            await confirm_job(f, connection_id, status="pending")
+        company_id = await f.create_company()
+        connections = [(await f.create_connection(company_id))["id"] for _ in range(4)]
+        paths = [connection_path(company_id, c) for c in connections]
+        for path in paths:
+            await f.fault(f"^{re.escape(path)}$", method="GET", delay=2.0)
+        for n, connection_id in enumerate(connections):
+            command = Command(JobKind.RECONCILE_CONNECTION, f"reconcile:{connection_id}:test",
+                              company_id, connection_id)
+
+            async def enqueue(tx: Tx, command: Command = command, n: int = n) -> None:
+                await store.enqueue(tx, commands=[command],
+                                    now=utcnow() - timedelta(seconds=10 - n))
+            await f.db.write(enqueue)
         worker = build_worker(f.settings, f.db, f.app.state.codat)
         batch = asyncio.create_task(worker.run_once())
 
         async def three_in_flight() -> list[str]:
-            waiting = [path for _, _, path in linked
-                       if any(c["status"] is None for c in await f.calls("GET", path))]
+            waiting = [p for p in paths
+                       if any(c["status"] is None for c in await f.calls("GET", p))]
             return waiting if len(waiting) == 3 else []
-        # Three Codat calls waiting at the same moment: the worker's three jobs overlap.
-        await eventually(three_in_flight, timeout=1.8, what="three calls in flight at once")
+        # The three oldest jobs' Codat calls (2 s each) wait at the same moment: they overlap.
+        assert await eventually(three_in_flight, timeout=1.8,
+                                what="three calls in flight at once") == paths[:3]
         assert await batch == 3
-        while await worker.run_once():  # the fourth confirm, and what the first three queued
-            pass
-        for _, connection_id, path in linked:
-            done = await confirm_job(f, connection_id)
-            assert (done["status"], done["attempts"]) == ("done", 1)
+        assert await worker.run_once() == 1  # the fourth, in the next batch
+        assert await worker.run_once() == 0
+        for connection_id, path in zip(connections, paths, strict=True):
+            [job] = [j for j in await f.jobs() if j["connectionId"] == connection_id]
+            assert (job["status"], job["attempts"]) == ("done", 1)
             assert len(await f.calls("GET", path)) == 1
 
 
