@@ -1,13 +1,15 @@
 """The follow-up jobs: the Codat calls a transition asks for, and what their answers change.
 
-Each job calls Codat first, OUTSIDE any transaction, then writes what Codat said in a short
-transaction of its own; changes of state go through the same transition function as webhooks
-(source ``reconcile``). Jobs are safe to run again: Codat POSTs carry a key derived from the job
-id, and the history row of a reconcile is unique per job.
+Each job calls Codat first, OUTSIDE any transaction; what Codat said is written in one short
+transaction, the same one that marks the job done (see :data:`Effect`). Changes of state go
+through the same transition function as webhooks (source ``reconcile``). Jobs are safe to run
+again: Codat POSTs carry a key derived from the job id, and the history row of a reconcile is
+unique per job.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -92,6 +94,33 @@ def _date(value: str | None) -> Any:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class CodatView:
+    """Codat's answer about one connection, as a word to record (source reconcile)."""
+
+    word: Word
+    only_drift: bool = False  # an answer that agrees with ours is not recorded
+
+    @property
+    def codat(self) -> str:
+        return self.word.state.value
+
+    async def record(self, tx: Tx) -> Drift:
+        """Apply the word in ``tx``; report the drift it corrected."""
+        company_id, connection_id = self.word.company_id, self.word.connection_id
+        if self.only_drift:
+            ours = await store.connection_state(tx, connection_id=connection_id)
+            if ours is self.word.state:
+                return Drift(company_id, connection_id, self.codat, self.codat)
+        verdicts = await store.apply_word(tx, self.word, now=utcnow())
+        if not verdicts:  # this very answer was applied before (a job run again)
+            ours = await store.connection_state(tx, connection_id=connection_id)
+            return Drift(company_id, connection_id, ours.value if ours else None, self.codat)
+        last = verdicts[-1]
+        before = last.from_state.value if last.from_state else None
+        return Drift(company_id, connection_id, before, self.codat, applied=last.changed)
+
+
 async def apply_codat_view(db: Database, *, company_id: str, connection_id: str,
                            connection: Connection | None, cause: Cause,
                            answered_at: datetime | None = None, apply: bool = True,
@@ -99,31 +128,24 @@ async def apply_codat_view(db: Database, *, company_id: str, connection_id: str,
     """Apply what Codat says of a connection (source reconcile); report the drift. With
     ``only_drift`` (an on-call sweep of many connections), an answer that agrees with ours is
     not recorded."""
-    word = codat_word(company_id, connection_id, connection, cause, source=Source.RECONCILE,
-                      answered_at=answered_at or utcnow())
-    codat = word.state.value
+    view = CodatView(codat_word(company_id, connection_id, connection, cause,
+                                source=Source.RECONCILE, answered_at=answered_at or utcnow()),
+                     only_drift=only_drift)
     if not apply:  # a dry run only reads: no lock
         ours = await db.read(lambda tx: store.connection_state(tx, connection_id=connection_id))
-        return Drift(company_id, connection_id, ours.value if ours else None, codat)
+        return Drift(company_id, connection_id, ours.value if ours else None, view.codat)
+    return await db.write(view.record)
 
-    async def work(tx: Tx) -> Drift:
-        if only_drift:
-            ours = await store.connection_state(tx, connection_id=connection_id)
-            if ours is word.state:
-                return Drift(company_id, connection_id, codat, codat)
-        verdicts = await store.apply_word(tx, word, now=utcnow())
-        if not verdicts:  # this very answer was applied before (a job run again)
-            ours = await store.connection_state(tx, connection_id=connection_id)
-            return Drift(company_id, connection_id, ours.value if ours else None, codat)
-        last = verdicts[-1]
-        before = last.from_state.value if last.from_state else None
-        return Drift(company_id, connection_id, before, codat, applied=last.changed)
 
-    return await db.write(work)
+Effect = Callable[[Tx], Awaitable[str]]
+"""What a job's answers change, as a unit of work returning the job's summary. The worker
+commits it in one transaction with the job's completion: a job's effect and its being done
+are one commit (and one fsync on SQLite) instead of several."""
 
 
 class FollowUps:
-    """Runs one outbox job against Codat."""
+    """Runs one outbox job against Codat: :meth:`run` makes the job's calls, outside any
+    transaction, and returns the :data:`Effect` that records what they said."""
 
     def __init__(self, *, db: Database, client: CodatClient, mode: BillPayMode,
                  pusher: Pusher | None = None) -> None:
@@ -132,66 +154,104 @@ class FollowUps:
         self._mode = mode
         self._pusher = pusher
 
-    async def run(self, job: Job) -> str:
-        """Run ``job``; return a short summary. Raises CodatError subclasses to retry or fail."""
+    async def run(self, job: Job) -> Effect:
+        """Call Codat for ``job``; return its effect. Raises CodatError subclasses to retry or
+        fail (nothing is written then)."""
         if job.kind is JobKind.RECONCILE_CONNECTION:
-            drift = await self._reconcile(job)
-            return f"Codat says {drift.codat}, we had {drift.ours}"
+            view = await self._view(job)
+
+            async def reconciled(tx: Tx) -> str:
+                drift = await view.record(tx)
+                return f"Codat says {drift.codat}, we had {drift.ours}"
+            return reconciled
         if job.kind is JobKind.CONFIRM_CONNECTION:
-            drift = await self._reconcile(job)
-            if drift.codat != State.LINKED:
-                return f"not Linked at Codat ({drift.codat}); nothing to prepare"
-            return await self._prepare_bill_pay(job.company_id or "", job.connection_id, job)
+            view = await self._view(job)
+            if view.word.state is not State.LINKED:
+                async def not_linked(tx: Tx) -> str:
+                    await view.record(tx)
+                    return f"not Linked at Codat ({view.codat}); nothing to prepare"
+                return not_linked
+            # Codat says this connection is Linked: Bill Pay's data is read through it.
+            readiness = await self._readiness(job, view.word.connection_id)
+
+            async def confirmed(tx: Tx) -> str:
+                await view.record(tx)
+                return await readiness(tx)
+            return confirmed
         if job.kind is JobKind.REFRESH_READINESS:
-            return await self._prepare_bill_pay(job.company_id or "", job.connection_id, job,
-                                                refresh=False)
+            company_id = job.company_id or ""
+            linked = await self._db.read(
+                lambda tx: store.linked_connection_id(tx, company_id=company_id))
+            return await self._readiness(job, linked, refresh=False)
         if job.kind is JobKind.PUSH_CHANGE:
             if self._pusher is None:
                 raise PushFailed("this worker has no FEED_SUBSCRIPTIONS to push with")
-            return await self._pusher.push(job.payload)
+            summary = await self._pusher.push(job.payload)
+
+            async def pushed(tx: Tx) -> str:
+                return summary
+            return pushed
         raise CodatPermanent(f"no follow-up is defined for job kind {job.kind}")
 
-    async def _reconcile(self, job: Job) -> Drift:
+    async def _view(self, job: Job) -> CodatView:
         company_id, connection_id = job.company_id or "", job.connection_id or ""
         try:
             connection: Connection | None = await self._client.get_connection(company_id,
                                                                               connection_id)
         except CodatNotFound:
             connection = None  # a 404 is final: Codat deleted it
-        answered_at = utcnow()
         # Per execution: a job run again fetches again, and that fresher answer is a new word.
         cause = Cause(f"job:{job.id}:{job.run}", job.kind.value, reason=f"outbox job {job.id}")
-        return await apply_codat_view(self._db, company_id=company_id,
-                                      connection_id=connection_id, connection=connection,
-                                      cause=cause, answered_at=answered_at)
+        return CodatView(codat_word(company_id, connection_id, connection, cause,
+                                    source=Source.RECONCILE, answered_at=utcnow()))
 
-    async def _prepare_bill_pay(self, company_id: str, connection_id: str | None, job: Job, *,
-                                refresh: bool = True) -> str:
-        linked = await self._db.read(
-            lambda tx: store.linked_connection_id(tx, company_id=company_id))
-        if linked is None:
-            # Nothing to read through (revoked, unlinked, deleted): not ready, ask Codat nothing.
-            ready, detail = False, {"mode": self._mode.value, "missing": ["a Linked connection"]}
+    async def _readiness(self, job: Job, connection_id: str | None, *,
+                         refresh: bool = True) -> Effect:
+        """Ask Codat what Bill Pay needs, through the Linked ``connection_id`` (None: there
+        is none, ask nothing); the effect records the answers and the company's readiness
+        (not ready if, by the time it commits, the company has no Linked connection)."""
+        company_id = job.company_id or ""
+        missing_link = {"mode": self._mode.value, "missing": ["a Linked connection"]}
+        reads: dict[str, str] = {}
+        queued: list[str] = []
+        if connection_id is None:
+            ready, detail = False, missing_link
         else:
-            connection_id = linked
             try:
                 if self._mode is BillPayMode.SYNC:
                     ready, detail = await self._sync_readiness(company_id, connection_id)
                 else:
-                    ready, detail = await self._async_readiness(company_id, connection_id, job,
-                                                                refresh)
+                    reads, queued = await self._async_reads(company_id, connection_id, job,
+                                                            refresh)
+                    ready, detail = False, {}  # from the statuses, in the transaction
             except CodatRetryable as exc:
                 if exc.status != 409:
                     raise
                 # Codat: no Linked connection (it moved since we looked). Its webhook follows.
-                ready, detail = False, {"mode": self._mode.value,
-                                        "missing": ["a Linked connection"], "codat": str(exc)}
+                ready, detail = False, {**missing_link, "codat": str(exc)}
+                connection_id = None
+        through, answered = connection_id, (ready, detail)
 
-        async def work(tx: Tx) -> None:
+        async def record(tx: Tx) -> str:
+            now = utcnow()
+            ready, detail = answered
+            if through is not None and \
+                    await store.linked_connection_id(tx, company_id=company_id) is None:
+                ready, detail = False, missing_link  # unlinked meanwhile
+            elif through is not None and self._mode is BillPayMode.ASYNC:
+                for data_type, status in reads.items():
+                    await store.record_read(tx, company_id=company_id,
+                                            read=DataTypeRead(through, data_type, status),
+                                            event_time=now, now=now)
+                readiness = assess_readiness(
+                    await store.data_type_statuses(tx, company_id=company_id))
+                ready, detail = readiness.ready, {
+                    "mode": "async", "missing": list(readiness.missing),
+                    "failed": list(readiness.failed), "refreshQueued": queued}
             await store.set_readiness(tx, company_id=company_id, ready=ready, detail=detail,
-                                      now=utcnow())
-        await self._db.write(work)
-        return f"billPayReady={ready}"
+                                      now=now)
+            return f"billPayReady={ready}"
+        return record
 
     async def _sync_readiness(self, company_id: str, connection_id: str,
                               ) -> tuple[bool, dict[str, Any]]:
@@ -205,10 +265,11 @@ class FollowUps:
                   "missing": [] if accounts else ["bankAccounts"]}
         return bool(accounts), detail
 
-    async def _async_readiness(self, company_id: str, connection_id: str, job: Job,
-                               refresh: bool) -> tuple[bool, dict[str, Any]]:
+    async def _async_reads(self, company_id: str, connection_id: str, job: Job,
+                           refresh: bool) -> tuple[dict[str, str], list[str]]:
+        """Codat's read status of each data type Bill Pay needs; with ``refresh``, a read
+        queued for each not read nor being read. Returns the statuses and the types queued."""
         statuses = await self._client.data_status(company_id)
-        now = utcnow()
         reads = {t: s.current_status for t, s in statuses.items() if t in BILL_PAY_DATA_TYPES}
         queued = []
         if refresh:
@@ -222,14 +283,4 @@ class FollowUps:
                     # minutes, and queueing a read twice is harmless.
                     idempotency_key=f"{job.id}:{data_type}:{job.run}")
                 queued.append(data_type)
-
-        async def work(tx: Tx) -> dict[str, str]:
-            for data_type, status in reads.items():
-                await store.record_read(tx, company_id=company_id,
-                                        read=DataTypeRead(connection_id, data_type, status),
-                                        event_time=now, now=now)
-            return await store.data_type_statuses(tx, company_id=company_id)
-        known = await self._db.write(work)
-        readiness = assess_readiness(known)
-        return readiness.ready, {"mode": "async", "missing": list(readiness.missing),
-                                 "failed": list(readiness.failed), "refreshQueued": queued}
+        return reads, queued

@@ -19,7 +19,7 @@ from datetime import timedelta
 from schemas.commands import CODAT_JOBS
 from service import outbox, push
 from service.codat import CodatNotFound, CodatPermanent, CodatRateLimited, CodatRetryable
-from service.db import Database, utcnow
+from service.db import Database, Tx, utcnow
 from service.errors import DatabaseUnavailable, Retryable
 from service.feed import Horizon
 from service.followups import FollowUps
@@ -123,7 +123,14 @@ class Worker:
         retry_after: float | None = None
         renewal = asyncio.create_task(self._keep_lease(job))
         try:
-            summary = await self._followups.run(job)
+            effect = await self._followups.run(job)  # Codat's calls, outside any transaction
+
+            async def done(tx: Tx) -> str:  # what they said, and the job done, in one commit
+                summary = await effect(tx)
+                await outbox.finish(tx, job=job, worker_id=self.worker_id,
+                                    status=JobStatus.DONE, error=None, now=utcnow())
+                return summary
+            summary = await self._db.write(done)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await self._release(job)
@@ -139,7 +146,6 @@ class Worker:
             retryable = True
         else:
             self._judge_codat(job, None)
-            await self._finish(job, JobStatus.DONE, None)
             self._log(job, "done", started, summary=summary)
             return
         finally:
