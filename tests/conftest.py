@@ -203,6 +203,32 @@ async def remove_failure(db: Database) -> None:
                         "DROP FUNCTION IF EXISTS inject_failure()"])
 
 
+async def refuse_job_completion(db: Database) -> None:
+    """Make marking any outbox job done fail, with a real database trigger."""
+    if db.dialect == "sqlite":
+        statements = ["""CREATE TRIGGER refuse_done BEFORE UPDATE ON outbox
+                         WHEN NEW.status = 'done'
+                         BEGIN SELECT RAISE(ABORT, 'injected failure to finish'); END"""]
+    else:
+        statements = [
+            "DROP TRIGGER IF EXISTS refuse_done ON outbox",
+            """CREATE OR REPLACE FUNCTION refuse_done() RETURNS trigger AS $$
+               BEGIN IF NEW.status = 'done' THEN
+               RAISE EXCEPTION 'injected failure to finish'; END IF; RETURN NEW; END $$
+               LANGUAGE plpgsql""",
+            """CREATE TRIGGER refuse_done BEFORE UPDATE ON outbox
+               FOR EACH ROW EXECUTE FUNCTION refuse_done()"""]
+    await _ddl(db, statements)
+
+
+async def allow_job_completion(db: Database) -> None:
+    if db.dialect == "sqlite":
+        await _ddl(db, ["DROP TRIGGER IF EXISTS refuse_done"])
+    else:
+        await _ddl(db, ["DROP TRIGGER IF EXISTS refuse_done ON outbox",
+                        "DROP FUNCTION IF EXISTS refuse_done()"])
+
+
 async def _ddl(db: Database, statements: list[str]) -> None:
     async def work(tx: Any) -> None:
         for statement in statements:

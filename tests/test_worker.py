@@ -27,7 +27,7 @@ from service.app import build_worker, codat_client
 from service.cli import main as cli
 from service.db import PostgresDatabase, Tx, utcnow
 from service.metrics import Metrics
-from tests.conftest import truncate_postgres
+from tests.conftest import allow_job_completion, refuse_job_completion, truncate_postgres
 from tests.factories import SECRET, company_body, connection_body, new_id
 from tests.flow import API_KEY, BILL_PAY_TYPES, Flow, codat_event, eventually, flow, parse_time
 
@@ -209,6 +209,48 @@ async def test_a_worker_runs_the_jobs_it_claims_at_once_each_exactly_once(
             [job] = [j for j in await f.jobs() if j["connectionId"] == connection_id]
             assert (job["status"], job["attempts"]) == ("done", 1)
             assert len(await f.calls("GET", path)) == 1
+
+
+async def test_a_jobs_effect_commits_only_with_its_completion(database_url: str) -> None:
+    async with flow(database_url, worker_enabled=False, outbox_backoff_base_seconds=0.05) as f:
+        company_id = await f.create_company()
+        connection_id = (await f.create_connection(company_id))["id"]
+        await f.delivered(2)
+        await f.control("/webhooks/pause")
+        await f.smb("authorize", company_id, connection_id)  # Linked at Codat, not yet here
+        command = Command(JobKind.RECONCILE_CONNECTION, f"reconcile:{connection_id}:test",
+                          company_id, connection_id)
+
+        async def enqueue(tx: Tx) -> None:
+            await store.enqueue(tx, commands=[command], now=utcnow())
+        await f.db.write(enqueue)
+
+        async def reconcile() -> dict[str, Any]:
+            [job] = [j for j in await f.jobs() if j["dedupeKey"] == command.dedupe_key]
+            return job
+        worker = build_worker(f.settings, f.db, f.app.state.codat)
+
+        await refuse_job_completion(f.db)  # the job cannot be marked done...
+        try:
+            await worker.run_once()
+        finally:
+            await allow_job_completion(f.db)
+        job = await reconcile()
+        assert (job["status"], job["attempts"]) == ("pending", 1)
+        assert "injected failure to finish" in job["lastError"]
+        # ...so nothing it learned was kept: Codat's word waits for the run that is done.
+        assert (await f.connection(connection_id))["status"] == "PendingAuth"
+        assert not [h for h in await f.history(connection_id) if h["source"] == "reconcile"]
+
+        await asyncio.sleep(0.2)  # past the backoff
+        while await worker.run_once():
+            pass
+        job = await reconcile()
+        assert (job["status"], job["attempts"]) == ("done", 2)
+        assert (await f.connection(connection_id))["status"] == "Linked"
+        applied = [h for h in await f.history(connection_id)
+                   if h["eventId"].startswith(f"job:{job['id']}:")]
+        assert [(h["fromState"], h["toState"]) for h in applied] == [("PendingAuth", "Linked")]
 
 
 async def test_a_codat_answer_slower_than_the_timeout_is_retried_and_webhooks_stay_fast(
