@@ -165,6 +165,16 @@ class FollowUps:
                 return f"Codat says {drift.codat}, we had {drift.ours}"
             return reconciled
         if job.kind is JobKind.CONFIRM_CONNECTION:
+            # The Linked word that queued this job was the connection's newest then; if the
+            # connection is not Linked now, a newer word has moved it since (the newest word
+            # wins, so only a newer one can), and that word queued what it needs: nothing to
+            # confirm or prepare, and no Codat call spent of the daily quota.
+            current = await self._db.read(
+                lambda tx: store.connection_state(tx, connection_id=job.connection_id or ""))
+            if current is not None and current is not State.LINKED:
+                async def superseded(tx: Tx) -> str:
+                    return f"{current.value} since it was queued; Codat not asked"
+                return superseded
             view = await self._view(job)
             if view.word.state is not State.LINKED:
                 async def not_linked(tx: Tx) -> str:

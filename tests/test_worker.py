@@ -253,6 +253,27 @@ async def test_a_jobs_effect_commits_only_with_its_completion(database_url: str)
         assert [(h["fromState"], h["toState"]) for h in applied] == [("PendingAuth", "Linked")]
 
 
+async def test_a_confirm_whose_connection_moved_on_asks_codat_nothing(
+        database_url: str) -> None:
+    async with flow(database_url, worker_enabled=False) as f:
+        company_id = await f.create_company()
+        connection = await f.create_connection(company_id)
+        connection_id = connection["id"]
+        assert (await f.authorize(connection["linkUrl"])).status_code == 200
+        await confirm_job(f, connection_id, status="pending")  # Linked here, not yet confirmed
+        await f.smb("deauthorize", company_id, connection_id)  # then a newer word
+        await f.until_status(connection_id, "Deauthorized")
+        worker = build_worker(f.settings, f.db, f.app.state.codat)
+        while await worker.run_once():
+            pass
+        done = await confirm_job(f, connection_id, status="done")
+        assert done["attempts"] == 1
+        # Nothing to confirm: Codat was not asked (its daily quota is not spent on it).
+        assert await f.calls("GET", connection_path(company_id, connection_id)) == []
+        assert (await f.connection(connection_id))["status"] == "Deauthorized"
+        assert not [h for h in await f.history(connection_id) if h["source"] == "reconcile"]
+
+
 async def test_a_codat_answer_slower_than_the_timeout_is_retried_and_webhooks_stay_fast(
         database_url: str) -> None:
     async with flow(database_url, codat_timeout_seconds=0.6,
