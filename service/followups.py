@@ -143,9 +143,18 @@ commits it in one transaction with the job's completion: a job's effect and its 
 are one commit (and one fsync on SQLite) instead of several."""
 
 
+@dataclass(frozen=True, slots=True)
+class Ran:
+    """A job's calls made: their effect, and whether Codat answered any (a job that had no
+    need to ask Codat says nothing of whether Codat is up)."""
+
+    effect: Effect
+    asked_codat: bool = True
+
+
 class FollowUps:
     """Runs one outbox job against Codat: :meth:`run` makes the job's calls, outside any
-    transaction, and returns the :data:`Effect` that records what they said."""
+    transaction, and returns the :data:`Effect` that records what they said (in :class:`Ran`)."""
 
     def __init__(self, *, db: Database, client: CodatClient, mode: BillPayMode,
                  pusher: Pusher | None = None) -> None:
@@ -154,7 +163,7 @@ class FollowUps:
         self._mode = mode
         self._pusher = pusher
 
-    async def run(self, job: Job) -> Effect:
+    async def run(self, job: Job) -> Ran:
         """Call Codat for ``job``; return its effect. Raises CodatError subclasses to retry or
         fail (nothing is written then)."""
         if job.kind is JobKind.RECONCILE_CONNECTION:
@@ -163,7 +172,7 @@ class FollowUps:
             async def reconciled(tx: Tx) -> str:
                 drift = await view.record(tx)
                 return f"Codat says {drift.codat}, we had {drift.ours}"
-            return reconciled
+            return Ran(reconciled)
         if job.kind is JobKind.CONFIRM_CONNECTION:
             # The Linked word that queued this job was the connection's newest then; if the
             # connection is not Linked now, a newer word has moved it since (the newest word
@@ -174,25 +183,27 @@ class FollowUps:
             if current is not None and current is not State.LINKED:
                 async def superseded(tx: Tx) -> str:
                     return f"{current.value} since it was queued; Codat not asked"
-                return superseded
+                return Ran(superseded, asked_codat=False)
             view = await self._view(job)
             if view.word.state is not State.LINKED:
                 async def not_linked(tx: Tx) -> str:
                     await view.record(tx)
                     return f"not Linked at Codat ({view.codat}); nothing to prepare"
-                return not_linked
+                return Ran(not_linked)
             # Codat says this connection is Linked: Bill Pay's data is read through it.
             readiness = await self._readiness(job, view.word.connection_id)
 
             async def confirmed(tx: Tx) -> str:
                 await view.record(tx)
                 return await readiness(tx)
-            return confirmed
+            return Ran(confirmed)
         if job.kind is JobKind.REFRESH_READINESS:
             company_id = job.company_id or ""
             linked = await self._db.read(
                 lambda tx: store.linked_connection_id(tx, company_id=company_id))
-            return await self._readiness(job, linked, refresh=False)
+            # With no Linked connection there is no one to ask: Codat is not called.
+            return Ran(await self._readiness(job, linked, refresh=False),
+                       asked_codat=linked is not None)
         if job.kind is JobKind.PUSH_CHANGE:
             if self._pusher is None:
                 raise PushFailed("this worker has no FEED_SUBSCRIPTIONS to push with")
@@ -200,7 +211,7 @@ class FollowUps:
 
             async def pushed(tx: Tx) -> str:
                 return summary
-            return pushed
+            return Ran(pushed, asked_codat=False)
         raise CodatPermanent(f"no follow-up is defined for job kind {job.kind}")
 
     async def _view(self, job: Job) -> CodatView:

@@ -123,10 +123,10 @@ class Worker:
         retry_after: float | None = None
         renewal = asyncio.create_task(self._keep_lease(job))
         try:
-            effect = await self._followups.run(job)  # Codat's calls, outside any transaction
+            ran = await self._followups.run(job)  # Codat's calls, outside any transaction
 
             async def done(tx: Tx) -> str:  # what they said, and the job done, in one commit
-                summary = await effect(tx)
+                summary = await ran.effect(tx)
                 await outbox.finish(tx, job=job, worker_id=self.worker_id,
                                     status=JobStatus.DONE, error=None, now=utcnow())
                 return summary
@@ -145,7 +145,8 @@ class Worker:
             error = "".join(traceback.format_exception_only(exc)).strip()
             retryable = True
         else:
-            self._judge_codat(job, None)
+            if ran.asked_codat:
+                self._judge_codat(job, None)
             self._log(job, "done", started, summary=summary)
             return
         finally:

@@ -166,6 +166,48 @@ async def test_against_an_unreachable_codat_the_breaker_stops_the_retry_storm(
         assert attempts >= most
 
 
+async def test_jobs_that_need_not_ask_codat_do_not_close_the_breaker(service: Service) -> None:
+    # Reconciles (they ask Codat, which refuses connections) alternate with confirms of
+    # connections unlinked since (done without asking Codat). Those say nothing of Codat: the
+    # breaker opens after three failures all the same.
+    company = new_id()
+    unlinked = [new_id() for _ in range(20)]
+    for n, connection in enumerate(unlinked):
+        for step, (kind, status) in enumerate((("connection.created", "PendingAuth"),
+                                               ("connection.disconnected", "Unlinked"))):
+            body = connection_body(kind, company_id=company, connection_id=connection,
+                                   status=status, generated=at(10 * n + step))
+            assert (await service.deliver(body)).status_code == 200
+    commands = []
+    for n, connection in enumerate(unlinked):
+        commands += [Command(JobKind.RECONCILE_CONNECTION, f"reconcile:gone-{n}:test", company,
+                             new_id()),
+                     Command(JobKind.CONFIRM_CONNECTION, f"confirm:{connection}:test", company,
+                             connection)]
+    for n, command in enumerate(commands):
+        async def enqueue(tx: Any, command: Command = command, n: int = n) -> None:
+            await store.enqueue(tx, commands=[command],
+                                now=utcnow() - timedelta(seconds=100 - n))
+        await service.db.write(enqueue)
+    settings = service.settings.model_copy(update={
+        "codat_breaker_seconds": 5.0, "outbox_backoff_base_seconds": 30.0,
+        "worker_concurrency": 1})
+    worker = build_worker(settings, service.db, service.app.state.codat,
+                          service.app.state.metrics)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    await asyncio.sleep(1.0)
+    stop.set()
+    await task
+    jobs = await service.db.read(lambda tx: outbox.list_jobs(tx, status=None, after="",
+                                                             limit=500))
+    asked = sum(int(j["attempts"]) for j in jobs if j["kind"] == "reconcile_connection")
+    skipped = [j for j in jobs if j["kind"] == "confirm_connection" and j["status"] == "done"]
+    assert asked == 3, asked  # before: every reconcile, as each skipped confirm closed it
+    assert len(skipped) == 2  # the two between the three failures; the rest wait
+    assert service.app.state.metrics.codat_circuit_open._value.get() == 1
+
+
 async def test_an_embedded_worker_yields_to_deliveries(service: Service) -> None:
     # While deliveries flow, each job is followed by a pause of at least 20 ms (nine times the
     # job's length when that is longer): in one second, at most 50 jobs (one at a time here;
