@@ -92,11 +92,13 @@ async def seed(service: Service) -> Seeded:
     assert (await service.deliver(b'{"second": "<b>"}', msg_id=conflict)).status_code == 409
     failed = await _failed_delivery(service)
     worker = build_worker(service.settings, service.db, service.app.state.codat)
-    for _ in range(10):  # two confirms, two reconciles; each dies on its first attempt
+    # Two confirms and two reconciles: each that asks Codat dies on its first attempt; the
+    # deauthorized connection's confirm is done without asking (it is no longer Linked).
+    for _ in range(10):
         if not await worker.run_once():
             break
     dead = await service.rows("SELECT id FROM outbox WHERE status = 'dead' ORDER BY id")
-    assert len(dead) == 4
+    assert len(dead) == 3
     return Seeded(deauthorized, rejected, unparseable, failed, conflict, [r["id"] for r in dead])
 
 
@@ -202,7 +204,8 @@ async def test_the_page_lists_what_on_call_needs(oncall: Service) -> None:
     summary = section(page, "summary")
     assert "Deauthorized<b>1</b>" in summary
     assert "Linked<b>1</b>" in summary
-    assert "jobs dead<b>4</b>" in section(page, "jobs")
+    assert "jobs dead<b>3</b>" in section(page, "jobs")
+    assert "jobs done<b>1</b>" in section(page, "jobs")  # the confirm Codat was not asked
 
     not_linked = section(page, "connections")
     assert seeded.deauthorized in not_linked
