@@ -92,6 +92,12 @@ class Breaker:
     def open(self) -> bool:
         return self._clock() < self._open_until
 
+    @property
+    def probing(self) -> bool:
+        """It has opened and its wait is over: the next Codat job tells whether Codat is back
+        (one job, not a batch of them)."""
+        return self._failures >= self._threshold and not self.open
+
     def failed(self) -> None:
         """A call that says Codat is down or failing."""
         self._failures += 1

@@ -75,7 +75,8 @@ class Worker:
         # While Codat's quota is used up, or Codat keeps failing, Codat calls wait; pushes do not.
         codat = (paused is None or paused <= now) and not self._breaker.open
         jobs = await self._db.write(lambda tx: outbox.claim(
-            tx, worker_id=self.worker_id, now=now, lease=self._lease, limit=self._concurrency,
+            tx, worker_id=self.worker_id, now=now, lease=self._lease,
+            limit=1 if self._breaker.probing else self._concurrency,
             max_attempts=self._policy.max_attempts, codat=codat))
         if len(jobs) == 1:
             await self._execute(jobs[0])

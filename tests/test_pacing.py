@@ -33,9 +33,9 @@ def test_the_breaker_opens_after_failures_in_a_row_and_backs_off_doubling() -> N
     breaker.failed()
     assert not breaker.open
     breaker.failed()
-    assert breaker.open
+    assert breaker.open and not breaker.probing
     clock.now += 1.01
-    assert not breaker.open  # one may try again
+    assert not breaker.open and breaker.probing  # one may try again
     breaker.failed()
     assert breaker.open
     clock.now += 1.5
@@ -46,7 +46,7 @@ def test_the_breaker_opens_after_failures_in_a_row_and_backs_off_doubling() -> N
     assert breaker.open  # 4 s: the ceiling
     clock.now += 0.2
     breaker.succeeded()  # Codat answered
-    assert not breaker.open
+    assert not breaker.open and not breaker.probing
     breaker.failed()
     assert not breaker.open  # the count started again
 
@@ -164,6 +164,25 @@ async def test_against_an_unreachable_codat_the_breaker_stops_the_retry_storm(
         assert service.app.state.metrics.codat_circuit_open._value.get() == 1
     else:
         assert attempts >= most
+
+
+async def test_a_worker_running_jobs_at_once_probes_a_dead_codat_with_one_job(
+        service: Service) -> None:
+    # Four jobs at a time: the first batch fails whole and opens the breaker; then each wait
+    # (0.25 s, then 0.5 s) ends with ONE job asking Codat whether it is back, not four.
+    await _jobs(service, 100)
+    settings = service.settings.model_copy(update={
+        "codat_breaker_seconds": 0.25, "outbox_backoff_base_seconds": 30.0,
+        "worker_concurrency": 4, "worker_poll_seconds": 0.02})
+    worker = build_worker(settings, service.db, service.app.state.codat,
+                          service.app.state.metrics)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    await asyncio.sleep(1.2)
+    stop.set()
+    await task
+    attempts = await _attempts(service)
+    assert 5 <= attempts <= 7, attempts  # a batch of four, then a probe per wait (before: 12)
 
 
 async def test_jobs_that_need_not_ask_codat_do_not_close_the_breaker(service: Service) -> None:
