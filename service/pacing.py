@@ -1,8 +1,9 @@
 """How the worker paces itself: deliveries come first, and a failing Codat is not hammered.
 
 - :class:`Pressure`: the receiver notes each delivery; while deliveries are flowing, a worker in
-  the same process keeps its share of the time small (it sleeps, after each job, a multiple of
-  what the job took), so a storm is ingested first, while follow-up work still moves.
+  the same process keeps its share of the time small (it sleeps, after each batch of jobs, a
+  multiple of what the batch took), so a storm is ingested first, while follow-up work still
+  moves.
 - :class:`StoredPressure`: a standalone worker (``codat-hooks worker``) sees no receiver; it
   reads when the newest delivery was stored (one index lookup, at most every quarter second)
   and yields the same way, so its jobs' database work does not crowd out a storm's.
