@@ -74,6 +74,10 @@ class Worker:
         paused = await self._db.read(outbox.paused_until)
         # While Codat's quota is used up, or Codat keeps failing, Codat calls wait; pushes do not.
         codat = (paused is None or paused <= now) and not self._breaker.open
+        if not codat and not self._subscriptions:
+            # Nothing it could run: without subscriptions every job calls Codat. Not even a
+            # claim (it would walk the whole backlog of Codat jobs to find none, each poll).
+            return 0
         jobs = await self._db.write(lambda tx: outbox.claim(
             tx, worker_id=self.worker_id, now=now, lease=self._lease,
             limit=1 if self._breaker.probing else self._concurrency,

@@ -144,13 +144,23 @@ async def _attempts(service: Service) -> int:
 
 @pytest.mark.parametrize(("breaker_seconds", "most"), [(5.0, 3), (0.0, 40)])
 async def test_against_an_unreachable_codat_the_breaker_stops_the_retry_storm(
-        service: Service, breaker_seconds: float, most: int) -> None:
+        service: Service, breaker_seconds: float, most: int,
+        monkeypatch: pytest.MonkeyPatch) -> None:
     # 100 jobs due against a Codat that refuses connections, for one second. With the
     # breaker, three attempts and then nothing (no claim, no write); without it, every job.
     await _jobs(service, 100)
     settings = service.settings.model_copy(update={
         "codat_breaker_seconds": breaker_seconds, "outbox_backoff_base_seconds": 30.0,
-        "worker_concurrency": 1})  # (a batch of concurrent jobs all fail before it opens)
+        "worker_concurrency": 1,  # (a batch of concurrent jobs all fail before it opens)
+        "worker_poll_seconds": 0.05})
+    writes = 0
+    write = service.db.write
+
+    async def counted(work: Any, **options: Any) -> Any:
+        nonlocal writes
+        writes += 1
+        return await write(work, **options)
+    monkeypatch.setattr(service.db, "write", counted)  # counted, and done by the database
     worker = build_worker(settings, service.db, service.app.state.codat,
                           service.app.state.metrics)
     stop = asyncio.Event()
@@ -161,6 +171,7 @@ async def test_against_an_unreachable_codat_the_breaker_stops_the_retry_storm(
     attempts = await _attempts(service)
     if breaker_seconds:
         assert attempts == most
+        assert writes == 2 * most  # a claim and a reschedule each; then not even a claim
         assert service.app.state.metrics.codat_circuit_open._value.get() == 1
     else:
         assert attempts >= most
