@@ -85,7 +85,12 @@ class Worker:
         if len(jobs) == 1:
             await self._execute(jobs[0])
         elif jobs:
-            await asyncio.gather(*(self._execute(job) for job in jobs))
+            # Each runs to its end even if another fails (say, the database went away): none
+            # is left running behind the loop's back.
+            for outcome in await asyncio.gather(*(self._execute(job) for job in jobs),
+                                                return_exceptions=True):
+                if isinstance(outcome, BaseException):
+                    raise outcome
         return len(jobs)
 
     async def run(self, stop: asyncio.Event) -> None:
