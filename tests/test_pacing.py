@@ -136,6 +136,17 @@ async def _jobs(service: Service, count: int) -> None:
     await service.db.write(enqueue)
 
 
+async def _run_worker(service: Service, settings: Any, *, seconds: float) -> None:
+    """Run the worker ``settings`` describe for ``seconds``, then stop it."""
+    worker = build_worker(settings, service.db, service.app.state.codat,
+                          service.app.state.metrics)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    await asyncio.sleep(seconds)
+    stop.set()
+    await task
+
+
 async def _attempts(service: Service) -> int:
     jobs = await service.db.read(lambda tx: outbox.list_jobs(tx, status=None, after="",
                                                              limit=500))
@@ -161,13 +172,7 @@ async def test_against_an_unreachable_codat_the_breaker_stops_the_retry_storm(
         writes += 1
         return await write(work, **options)
     monkeypatch.setattr(service.db, "write", counted)  # counted, and done by the database
-    worker = build_worker(settings, service.db, service.app.state.codat,
-                          service.app.state.metrics)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    await asyncio.sleep(1.0)
-    stop.set()
-    await task
+    await _run_worker(service, settings, seconds=1.0)
     attempts = await _attempts(service)
     if breaker_seconds:
         assert attempts == most
@@ -185,13 +190,7 @@ async def test_a_worker_running_jobs_at_once_probes_a_dead_codat_with_one_job(
     settings = service.settings.model_copy(update={
         "codat_breaker_seconds": 0.25, "outbox_backoff_base_seconds": 30.0,
         "worker_concurrency": 4, "worker_poll_seconds": 0.02})
-    worker = build_worker(settings, service.db, service.app.state.codat,
-                          service.app.state.metrics)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    await asyncio.sleep(1.2)
-    stop.set()
-    await task
+    await _run_worker(service, settings, seconds=1.2)
     attempts = await _attempts(service)
     assert 5 <= attempts <= 7, attempts  # a batch of four, then a probe per wait (before: 12)
 
@@ -222,13 +221,7 @@ async def test_jobs_that_need_not_ask_codat_do_not_close_the_breaker(service: Se
     settings = service.settings.model_copy(update={
         "codat_breaker_seconds": 5.0, "outbox_backoff_base_seconds": 30.0,
         "worker_concurrency": 1})
-    worker = build_worker(settings, service.db, service.app.state.codat,
-                          service.app.state.metrics)
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-    await asyncio.sleep(1.0)
-    stop.set()
-    await task
+    await _run_worker(service, settings, seconds=1.0)
     jobs = await service.db.read(lambda tx: outbox.list_jobs(tx, status=None, after="",
                                                              limit=500))
     asked = sum(int(j["attempts"]) for j in jobs if j["kind"] == "reconcile_connection")
