@@ -179,54 +179,48 @@ async def install_failure(db: Database, *connection_ids: str) -> None:
     """Make our own processing fail for these connections, with a real database trigger (no
     mock of our code): inserting their history row raises."""
     ids = ", ".join(f"'{c}'" for c in connection_ids)
-    if db.dialect == "sqlite":
-        statements = [f"""CREATE TRIGGER inject_failure BEFORE INSERT ON connection_history
-                          WHEN NEW.connection_id IN ({ids})
-                          BEGIN SELECT RAISE(ABORT, 'injected failure'); END"""]
-    else:
-        statements = [  # a trigger outlives TRUNCATE: replace one a failed test left behind
-            "DROP TRIGGER IF EXISTS inject_failure ON connection_history",
-            f"""CREATE OR REPLACE FUNCTION inject_failure() RETURNS trigger AS $$
-                BEGIN IF NEW.connection_id IN ({ids}) THEN
-                RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$
-                LANGUAGE plpgsql""",
-            """CREATE TRIGGER inject_failure BEFORE INSERT ON connection_history
-               FOR EACH ROW EXECUTE FUNCTION inject_failure()"""]
-    await _ddl(db, statements)
+    await _refuse(db, "inject_failure", "INSERT", "connection_history",
+                  when=f"NEW.connection_id IN ({ids})", message="injected failure")
 
 
 async def remove_failure(db: Database) -> None:
-    if db.dialect == "sqlite":
-        await _ddl(db, ["DROP TRIGGER IF EXISTS inject_failure"])
-    else:
-        await _ddl(db, ["DROP TRIGGER IF EXISTS inject_failure ON connection_history",
-                        "DROP FUNCTION IF EXISTS inject_failure()"])
+    await _allow(db, "inject_failure", "connection_history")
 
 
 async def refuse_job_completion(db: Database) -> None:
     """Make marking any outbox job done fail, with a real database trigger."""
-    if db.dialect == "sqlite":
-        statements = ["""CREATE TRIGGER refuse_done BEFORE UPDATE ON outbox
-                         WHEN NEW.status = 'done'
-                         BEGIN SELECT RAISE(ABORT, 'injected failure to finish'); END"""]
-    else:
-        statements = [
-            "DROP TRIGGER IF EXISTS refuse_done ON outbox",
-            """CREATE OR REPLACE FUNCTION refuse_done() RETURNS trigger AS $$
-               BEGIN IF NEW.status = 'done' THEN
-               RAISE EXCEPTION 'injected failure to finish'; END IF; RETURN NEW; END $$
-               LANGUAGE plpgsql""",
-            """CREATE TRIGGER refuse_done BEFORE UPDATE ON outbox
-               FOR EACH ROW EXECUTE FUNCTION refuse_done()"""]
-    await _ddl(db, statements)
+    await _refuse(db, "refuse_done", "UPDATE", "outbox", when="NEW.status = 'done'",
+                  message="injected failure to finish")
 
 
 async def allow_job_completion(db: Database) -> None:
+    await _allow(db, "refuse_done", "outbox")
+
+
+async def _refuse(db: Database, name: str, operation: str, table: str, *, when: str,
+                  message: str) -> None:
+    """A trigger ``name``: ``operation`` on ``table`` raises ``message`` where ``when`` holds
+    of the NEW row."""
     if db.dialect == "sqlite":
-        await _ddl(db, ["DROP TRIGGER IF EXISTS refuse_done"])
+        statements = [f"""CREATE TRIGGER {name} BEFORE {operation} ON {table} WHEN {when}
+                          BEGIN SELECT RAISE(ABORT, '{message}'); END"""]
     else:
-        await _ddl(db, ["DROP TRIGGER IF EXISTS refuse_done ON outbox",
-                        "DROP FUNCTION IF EXISTS refuse_done()"])
+        statements = [  # a trigger outlives TRUNCATE: replace one a failed test left behind
+            f"DROP TRIGGER IF EXISTS {name} ON {table}",
+            f"""CREATE OR REPLACE FUNCTION {name}() RETURNS trigger AS $$
+                BEGIN IF {when} THEN RAISE EXCEPTION '{message}'; END IF; RETURN NEW; END $$
+                LANGUAGE plpgsql""",
+            f"""CREATE TRIGGER {name} BEFORE {operation} ON {table}
+                FOR EACH ROW EXECUTE FUNCTION {name}()"""]
+    await _ddl(db, statements)
+
+
+async def _allow(db: Database, name: str, table: str) -> None:
+    if db.dialect == "sqlite":
+        await _ddl(db, [f"DROP TRIGGER IF EXISTS {name}"])
+    else:
+        await _ddl(db, [f"DROP TRIGGER IF EXISTS {name} ON {table}",
+                        f"DROP FUNCTION IF EXISTS {name}()"])
 
 
 async def _ddl(db: Database, statements: list[str]) -> None:
