@@ -63,6 +63,23 @@ async def confirm_job(f: Flow, connection_id: str, **expected: Any) -> dict[str,
     return job
 
 
+async def reconcile_queued(f: Flow) -> tuple[str, str, Command]:
+    """A connection Linked at Codat but not yet here (its webhook held back), and a reconcile
+    job queued for it: (company id, connection id, the job's command)."""
+    company_id = await f.create_company()
+    connection_id = (await f.create_connection(company_id))["id"]
+    await f.delivered(2)
+    await f.control("/webhooks/pause")
+    await f.smb("authorize", company_id, connection_id)
+    command = Command(JobKind.RECONCILE_CONNECTION, f"reconcile:{connection_id}:test",
+                      company_id, connection_id)
+
+    async def enqueue(tx: Tx) -> None:
+        await store.enqueue(tx, commands=[command], now=utcnow())
+    await f.db.write(enqueue)
+    return company_id, connection_id, command
+
+
 def call_times(calls: list[dict[str, Any]]) -> list[datetime]:
     return [parse_time(c["at"]) for c in calls]
 
@@ -213,17 +230,7 @@ async def test_a_worker_runs_the_jobs_it_claims_at_once_each_exactly_once(
 
 async def test_a_jobs_effect_commits_only_with_its_completion(database_url: str) -> None:
     async with flow(database_url, worker_enabled=False, outbox_backoff_base_seconds=0.05) as f:
-        company_id = await f.create_company()
-        connection_id = (await f.create_connection(company_id))["id"]
-        await f.delivered(2)
-        await f.control("/webhooks/pause")
-        await f.smb("authorize", company_id, connection_id)  # Linked at Codat, not yet here
-        command = Command(JobKind.RECONCILE_CONNECTION, f"reconcile:{connection_id}:test",
-                          company_id, connection_id)
-
-        async def enqueue(tx: Tx) -> None:
-            await store.enqueue(tx, commands=[command], now=utcnow())
-        await f.db.write(enqueue)
+        _, connection_id, command = await reconcile_queued(f)
 
         async def reconcile() -> dict[str, Any]:
             [job] = [j for j in await f.jobs() if j["dedupeKey"] == command.dedupe_key]
@@ -542,17 +549,7 @@ async def test_a_killed_workers_job_is_claimed_again_once_its_lease_expires(
         database_url: str, tmp_path: Path) -> None:
     lease = 2.0
     async with flow(database_url, worker_enabled=False, outbox_lease_seconds=lease) as f:
-        company_id = await f.create_company()
-        connection_id = (await f.create_connection(company_id))["id"]
-        await f.delivered(2)
-        await f.control("/webhooks/pause")
-        await f.smb("authorize", company_id, connection_id)  # Linked at Codat, not yet here
-        command = Command(JobKind.RECONCILE_CONNECTION, f"reconcile:{connection_id}:test",
-                          company_id, connection_id)
-
-        async def enqueue(tx: Tx) -> None:
-            await store.enqueue(tx, commands=[command], now=utcnow())
-        await f.db.write(enqueue)
+        company_id, connection_id, _ = await reconcile_queued(f)
         job_id = (await f.jobs())[0]["id"]
         path = connection_path(company_id, connection_id)
         await f.fault(f"^{re.escape(path)}$", method="GET", delay=lease + 0.5)
