@@ -226,7 +226,10 @@ WITH m AS (
 ), jobs AS (
     INSERT INTO outbox (id, kind, dedupe_key, company_id, connection_id, payload, status,
         attempts, max_attempts, next_attempt_at, created_at, updated_at)
-    SELECT replace(CAST(gen_random_uuid() AS TEXT), '-', ''), kind, dedupe_key, company_id, id,
+    -- ids as store.job_id makes them: creation in milliseconds first, then random
+    SELECT lpad(to_hex(CAST(floor(extract(epoch FROM CAST($1 AS timestamptz)) * 1000) AS bigint)),
+            12, '0') || left(replace(CAST(gen_random_uuid() AS TEXT), '-', ''), 20),
+        kind, dedupe_key, company_id, id,
         '{{}}', 'pending', 0, $3, $1, $1, $1
     FROM (SELECT 'confirm_connection' AS kind, 'confirm:' || id || ':' || cause_id AS dedupe_key,
               company_id, id

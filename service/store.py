@@ -6,7 +6,7 @@ transaction as ``tx``. Nothing here decides anything: the handlers decide, this 
 
 from __future__ import annotations
 
-import uuid
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -181,29 +181,31 @@ async def upsert_company(tx: Tx, *, company: CompanyInfo, event_time: datetime |
 # --- connections: every word takes this path, except a PostgreSQL batch (service.batch) -------
 
 _CONNECTION = sql("""
-SELECT status, deleted, event_key FROM connections WHERE id = $1{lock}""")
+SELECT status, deleted, event_key, platform_key FROM connections WHERE id = $1{lock}""")
 _COMPANY_DELETED_KEY = sql("SELECT deleted_key FROM companies WHERE id = $1")
 
 # What a word says of the connection besides its state ($9 on); NULL keeps what is known.
-_DETAILS = """platform_key = COALESCE($9, platform_key),
-    platform_name = COALESCE($10, platform_name), source_type = COALESCE($11, source_type),
-    integration_id = COALESCE($12, integration_id),
-    source_id = COALESCE($13, source_id), link_url = COALESCE($14, link_url),
-    created = COALESCE($15, created), last_sync = COALESCE($16, last_sync),
-    errors = COALESCE($17, errors)"""
-_MOVE = sql(f"""
-UPDATE connections SET status = COALESCE($3, status), deleted = $4,
+_DETAILS = """platform_name = COALESCE($9, platform_name),
+    source_type = COALESCE($10, source_type), integration_id = COALESCE($11, integration_id),
+    source_id = COALESCE($12, source_id), link_url = COALESCE($13, link_url),
+    created = COALESCE($14, created), last_sync = COALESCE($15, last_sync),
+    errors = COALESCE($16, errors)"""
+_MOVE_SET = """UPDATE connections SET status = COALESCE($3, status), deleted = $4,
     deleted_at = CASE WHEN $4 THEN COALESCE(deleted_at, $2) END, event_key = $5,
     last_event_at = $6, last_event_id = $7, previous_state = $8, version = version + 1,
-    updated_at = $2, {_DETAILS}
-WHERE id = $1""")
+    updated_at = $2, """
+# A connection's platform never changes, and SQLite rewrites an index entry for every column an
+# UPDATE sets, changed or not: platform_key (indexed, $17) is set only by a word that brings a
+# new one.
+_MOVE = sql(f"{_MOVE_SET}{_DETAILS} WHERE id = $1")
+_MOVE_PLATFORM = sql(f"{_MOVE_SET}{_DETAILS}, platform_key = $17 WHERE id = $1")
 # A row appears with the first word applied to it: a connection is never stored stateless.
 _BORN = sql("""
 INSERT INTO connections (id, created_at, updated_at, status, deleted, deleted_at, event_key,
     last_event_at, last_event_id, previous_state, company_id, version, platform_key,
     platform_name, source_type, integration_id, source_id, link_url, created, last_sync, errors)
-VALUES ($1, $2, $2, $3, $4, $19, $5, $6, $7, $8, $18, 1, $9, $10, $11, $12, $13, $14, $15, $16,
-    $17)
+VALUES ($1, $2, $2, $3, $4, $19, $5, $6, $7, $8, $18, 1, $17, $9, $10, $11, $12, $13, $14, $15,
+    $16)
 ON CONFLICT (id) DO NOTHING RETURNING id""")
 # Under the company's row lock, on its newest version: two connections leaving Linked at once on
 # two replicas each count the other's move, so the last one out always clears readiness.
@@ -245,6 +247,7 @@ async def apply_word(tx: Tx, word: Word, *, now: datetime,
     # The connection's row lock first, then the company's: the order every writer takes them.
     row = await tx.fetchrow(_CONNECTION, word.connection_id)
     stored = _stored(row)
+    exists, platform = row is not None, None if row is None else row["platform_key"]
     if word.company is not None:
         await upsert_company(tx, company=word.company, event_time=word.cause.time, now=now)
     else:
@@ -256,12 +259,12 @@ async def apply_word(tx: Tx, word: Word, *, now: datetime,
         # company.deleted deleted this connection too, even if we heard of it only now.
         first = _company_deletion(word.connection_id, word.company_id, deletion)
         verdict = decide(stored, first)
-        if await _record(tx, first, verdict, row is not None, now=now,
+        if await _record(tx, first, verdict, exists, platform, now=now,
                          max_attempts=max_attempts):
             verdicts.append(verdict)
-        row, stored = {}, Stored(State.DELETED, deletion)
+        exists, stored = True, Stored(State.DELETED, deletion)
     verdict = decide(stored, word)
-    if await _record(tx, word, verdict, row is not None, now=now, max_attempts=max_attempts):
+    if await _record(tx, word, verdict, exists, platform, now=now, max_attempts=max_attempts):
         verdicts.append(verdict)
     return verdicts
 
@@ -272,8 +275,10 @@ def _company_deletion(connection_id: str, company_id: str, key: str) -> Word:
                 Cause(event_id, "company.deleted", reason="company deleted"))
 
 
-async def _record(tx: Tx, word: Word, verdict: Verdict, exists: bool, *, now: datetime,
-                  max_attempts: int) -> bool:
+async def _record(tx: Tx, word: Word, verdict: Verdict, exists: bool, platform: str | None, *,
+                  now: datetime, max_attempts: int) -> bool:
+    """Record ``word``'s history row and, if applied, its effects (``exists``, ``platform``:
+    whether its connection is stored, and with which platform key)."""
     cause = word.cause
     recorded = await tx.fetchrow(
         _INSERT_HISTORY, word.connection_id, word.company_id,
@@ -287,17 +292,22 @@ async def _record(tx: Tx, word: Word, verdict: Verdict, exists: bool, *, now: da
         status = (word.info.status.value if word.info is not None
                   else None if deleted else word.state.value)
         info = word.info
-        details = (None,) * 8 if info is None else (
-            info.platform_key, info.platform_name, info.source_type, info.integration_id,
-            info.source_id, info.link_url, info.created, info.last_sync)
+        details = (None,) * 7 if info is None else (
+            info.platform_name, info.source_type, info.integration_id, info.source_id,
+            info.link_url, info.created, info.last_sync)
+        platform_key = None if info is None else info.platform_key
         values = (word.connection_id, now, status, deleted, word.key, cause.time, cause.id,
                   verdict.from_state.value if verdict.from_state else None, *details,
                   to_json(word.errors))
-        if exists:
+        if not exists:
+            if await tx.fetchrow(_BORN, *values, platform_key, word.company_id,
+                                 now if deleted else None) is None:
+                # Another transaction stored the connection after it was read: decide again.
+                raise Contended(f"connection {word.connection_id} was stored meanwhile")
+        elif platform_key is None or platform_key == platform:
             await tx.execute(_MOVE, *values)
-        elif await tx.fetchrow(_BORN, *values, word.company_id, now if deleted else None) is None:
-            # Another transaction stored the connection after it was read: decide again.
-            raise Contended(f"connection {word.connection_id} was stored meanwhile")
+        else:
+            await tx.execute(_MOVE_PLATFORM, *values, platform_key)
         if change := move_change(word, verdict):
             await feed.record(tx, change[0], company_id=word.company_id,
                               connection_id=word.connection_id, data=change[1], at=now)
@@ -352,12 +362,19 @@ VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $8, $8, $8)
 ON CONFLICT (dedupe_key) DO NOTHING""")
 
 
+def job_id(now: datetime) -> str:
+    """A new job's id: 32 hex digits, the first 12 its creation in milliseconds, so that new ids
+    go to the end of the outbox's primary key rather than to a random page of it (a page
+    written to the WAL per job)."""
+    return f"{int(now.timestamp() * 1000):012x}{secrets.token_hex(10)}"
+
+
 async def enqueue(tx: Tx, *, commands: Sequence[Command], now: datetime,
                   max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
     """Add follow-up jobs to the outbox (once per dedupe key), in the caller's transaction."""
     for command in commands:
         await tx.execute(
-            _INSERT_JOB, uuid.uuid4().hex, command.kind.value, command.dedupe_key,
+            _INSERT_JOB, job_id(now), command.kind.value, command.dedupe_key,
             command.company_id, command.connection_id, to_json(command.payload), max_attempts,
             now)
 

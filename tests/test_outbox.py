@@ -4,6 +4,7 @@ which order, and that taking one reads a few index entries however long the back
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
 from datetime import timedelta
@@ -14,8 +15,9 @@ import asyncpg
 
 from schemas.commands import Command, JobKind
 from service import outbox, store
-from service.db import Tx, utcnow
+from service.db import Tx, as_dt, utcnow
 from tests.conftest import Service
+from tests.factories import connection_body, new_id
 
 LEASE = timedelta(seconds=1)
 
@@ -133,3 +135,25 @@ async def test_a_postgres_claim_reads_a_few_rows_with_5000_jobs_pending(
         assert reads and max(reads) <= 100, reads  # before: 5,000 (a bitmap scan of them all)
     finally:
         await conn.close()
+
+
+async def test_job_ids_begin_with_their_creation_so_new_jobs_append_to_the_key(
+        service: Service) -> None:
+    # A job's id is its primary key: a random one would put each new job on a random page of
+    # that index (a page written per job). Both paths that enqueue make them alike: the
+    # delivery path (on PostgreSQL, its batch statement) and store.enqueue.
+    company, connection = new_id(), new_id()
+    response = await service.deliver(connection_body(
+        "connection.connected", company_id=company, connection_id=connection, status="Linked",
+        generated=utcnow()))
+    assert response.status_code == 200
+    later = utcnow() + timedelta(seconds=5)
+    await service.db.write(lambda tx: store.enqueue(tx, commands=[_confirm(1)], now=later))
+    rows = await service.rows("SELECT id, created_at FROM outbox ORDER BY created_at, id")
+    assert len(rows) >= 2 and rows[-1]["id"].startswith(f"{int(later.timestamp() * 1000):012x}")
+    for row in rows:
+        assert re.fullmatch("[0-9a-f]{32}", row["id"])
+        created = as_dt(row["created_at"])
+        assert created is not None
+        assert int(row["id"][:12], 16) == int(created.timestamp() * 1000)
+    assert [r["id"] for r in rows] == sorted(r["id"] for r in rows)
