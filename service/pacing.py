@@ -100,7 +100,11 @@ class Breaker:
         return self._failures >= self._threshold and not self.open
 
     def failed(self) -> None:
-        """A call that says Codat is down or failing."""
+        """A call that says Codat is down or failing. While the breaker is open, a failure is
+        one of the calls that were in flight when it opened (the worker makes none while it
+        is open): it says nothing new, and neither extends the wait nor doubles the next."""
+        if self.open:
+            return
         self._failures += 1
         if self._failures >= self._threshold:
             self._open_until = self._clock() + self._cooldown

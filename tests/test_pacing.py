@@ -279,3 +279,20 @@ async def test_only_authentic_deliveries_make_an_embedded_worker_yield(service: 
     answer = await service.client.post("/webhooks/codat", content=body, headers=sign(body))
     assert answer.status_code == 200
     assert pressure.busy()
+
+
+def test_calls_in_flight_when_the_breaker_opens_neither_extend_nor_double_its_wait() -> None:
+    # WORKER_CONCURRENCY calls fail together when Codat goes down: the one that opens the
+    # breaker sets the wait; the others were sent before it opened and say nothing new.
+    clock = Clock()
+    breaker = Breaker(threshold=3, cooldown=1.0, ceiling=60.0, clock=clock)
+    for _ in range(8):
+        breaker.failed()
+    assert breaker.open
+    clock.now += 1.01
+    assert not breaker.open and breaker.probing  # 1 s, not 32 s
+    breaker.failed()  # the probe: Codat is still down
+    clock.now += 1.9
+    assert breaker.open
+    clock.now += 0.2
+    assert breaker.probing  # 2 s: the wait doubled once, for the probe
