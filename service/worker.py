@@ -82,15 +82,12 @@ class Worker:
             tx, worker_id=self.worker_id, now=now, lease=self._lease,
             limit=1 if self._breaker.probing else self._concurrency,
             max_attempts=self._policy.max_attempts, codat=codat))
-        if len(jobs) == 1:
-            await self._execute(jobs[0])
-        elif jobs:
-            # Each runs to its end even if another fails (say, the database went away): none
-            # is left running behind the loop's back.
-            for outcome in await asyncio.gather(*(self._execute(job) for job in jobs),
-                                                return_exceptions=True):
-                if isinstance(outcome, BaseException):
-                    raise outcome
+        # Each runs to its end even if another fails (say, the database went away): none is
+        # left running behind the loop's back.
+        for outcome in await asyncio.gather(*(self._execute(job) for job in jobs),
+                                            return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
         return len(jobs)
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -187,14 +187,20 @@ async def remove_failure(db: Database) -> None:
     await _allow(db, "inject_failure", "connection_history")
 
 
+async def refuse_job_update(db: Database, *, when: str, message: str) -> None:
+    """Make an update of an outbox job fail where ``when`` holds of the NEW row, with a real
+    database trigger."""
+    await _refuse(db, "refuse_job", "UPDATE", "outbox", when=when, message=message)
+
+
 async def refuse_job_completion(db: Database) -> None:
-    """Make marking any outbox job done fail, with a real database trigger."""
-    await _refuse(db, "refuse_done", "UPDATE", "outbox", when="NEW.status = 'done'",
-                  message="injected failure to finish")
+    """Make marking any outbox job done fail."""
+    await refuse_job_update(db, when="NEW.status = 'done'", message="injected failure to finish")
 
 
 async def allow_job_completion(db: Database) -> None:
-    await _allow(db, "refuse_done", "outbox")
+    """Remove what :func:`refuse_job_update` (or :func:`refuse_job_completion`) installed."""
+    await _allow(db, "refuse_job", "outbox")
 
 
 async def _refuse(db: Database, name: str, operation: str, table: str, *, when: str,

@@ -27,7 +27,12 @@ from service.app import build_worker, codat_client
 from service.cli import main as cli
 from service.db import PostgresDatabase, Tx, utcnow
 from service.metrics import Metrics
-from tests.conftest import allow_job_completion, refuse_job_completion, truncate_postgres
+from tests.conftest import (
+    allow_job_completion,
+    refuse_job_completion,
+    refuse_job_update,
+    truncate_postgres,
+)
 from tests.factories import SECRET, company_body, connection_body, new_id
 from tests.flow import API_KEY, BILL_PAY_TYPES, Flow, codat_event, eventually, flow, parse_time
 
@@ -226,6 +231,39 @@ async def test_a_worker_runs_the_jobs_it_claims_at_once_each_exactly_once(
             [job] = [j for j in await f.jobs() if j["connectionId"] == connection_id]
             assert (job["status"], job["attempts"]) == ("done", 1)
             assert len(await f.calls("GET", path)) == 1
+
+
+async def test_a_job_that_fails_leaves_the_others_of_its_batch_to_finish_first(
+        database_url: str) -> None:
+    # One job of a batch cannot even be rescheduled (the database refuses it); the batch's
+    # other job, whose Codat call is slower, still runs to its end before the worker reports
+    # the failure: no job is left running behind the worker's loop.
+    async with flow(database_url, worker_enabled=False, worker_concurrency=2) as f:
+        company_id = await f.create_company()
+        failing, slow = [(await f.create_connection(company_id))["id"] for _ in range(2)]
+        await f.fault(f"^{re.escape(connection_path(company_id, failing))}$", method="GET",
+                      status=500)
+        await f.fault(f"^{re.escape(connection_path(company_id, slow))}$", method="GET",
+                      delay=1.0)
+        for connection_id in (failing, slow):
+            command = Command(JobKind.RECONCILE_CONNECTION, f"reconcile:{connection_id}:test",
+                              company_id, connection_id)
+
+            async def enqueue(tx: Tx, command: Command = command) -> None:
+                await store.enqueue(tx, commands=[command], now=utcnow() - timedelta(seconds=5))
+            await f.db.write(enqueue)
+        worker = build_worker(f.settings, f.db, f.app.state.codat)
+        await refuse_job_update(f.db, when=f"NEW.status = 'pending' AND "
+                                           f"NEW.connection_id = '{failing}'",
+                                message="injected failure to reschedule")
+        try:
+            with pytest.raises(Exception, match="injected failure to reschedule"):
+                await worker.run_once()
+            jobs = {j["connectionId"]: j for j in await f.jobs()}
+        finally:
+            await allow_job_completion(f.db)
+        assert jobs[slow]["status"] == "done"  # finished before the failure was raised
+        assert jobs[failing]["status"] == "running"  # its lease expires: it is claimed again
 
 
 async def test_a_jobs_effect_commits_only_with_its_completion(database_url: str) -> None:
