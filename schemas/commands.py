@@ -25,6 +25,12 @@ class JobKind(StrEnum):
 CODAT_JOBS: frozenset[JobKind] = frozenset({JobKind.CONFIRM_CONNECTION,
                                             JobKind.RECONCILE_CONNECTION,
                                             JobKind.REFRESH_READINESS})
+# The other kinds, as SQL. An index of the outbox holds only their jobs (they are few: a push
+# per change and subscriber), so that a claim while Codat calls wait reads those alone, however
+# many Codat jobs are pending; the claim's condition is this very text, which is how both
+# databases know that index applies.
+NOT_CODAT_JOBS_SQL = "kind IN ({})".format(
+    ", ".join(f"'{kind.value}'" for kind in JobKind if kind not in CODAT_JOBS))
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
+from schemas.commands import NOT_CODAT_JOBS_SQL
+
 _TS = sa.DateTime(timezone=True)
 # Order keys (schemas.order) compare byte for byte: SQLite's default, PostgreSQL's "C" collation.
 _KEY = sa.Text().with_variant(sa.Text(collation="C"), "postgresql")
@@ -175,6 +177,10 @@ class OutboxJob(SQLModel, table=True):
         sa.Index("ix_outbox_sequence", "sequence", "ordinal",
                  sqlite_where=sa.text("sequence IS NOT NULL"),
                  postgresql_where=sa.text("sequence IS NOT NULL")),
+        # What a claim may run while Codat calls wait (schemas/commands.py), in claim order.
+        sa.Index("ix_outbox_not_codat_status_next_attempt_at", "status", "next_attempt_at",
+                 "id", sqlite_where=sa.text(NOT_CODAT_JOBS_SQL),
+                 postgresql_where=sa.text(NOT_CODAT_JOBS_SQL)),
     )
 
     id: str = Field(primary_key=True)

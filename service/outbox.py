@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from schemas.commands import CODAT_JOBS, JobKind
+from schemas.commands import NOT_CODAT_JOBS_SQL, JobKind
 from service.db import Row, Tx, as_dt, from_json, sql
 
 
@@ -53,7 +53,8 @@ class RetryPolicy:
 
 # The worker's attempt limit is written onto the job as it is claimed: the limit in force. A job
 # of a sequence waits while an earlier one of it is pending or running; _CLAIM_KINDS limits the
-# kinds (while Codat's rate limit is reached, only jobs that do not call Codat run).
+# kinds (while Codat calls wait, only jobs that do not call Codat run: they have an index of
+# their own, so that the backlog of Codat jobs is not walked for each claim).
 # Due jobs and jobs whose lease expired are looked up apart, each in the order of the
 # (status, next_attempt_at) index, so that a claim reads a few index entries whatever the
 # backlog: one condition "pending and due OR running and expired" made both databases collect
@@ -77,8 +78,7 @@ WHERE id IN (SELECT id FROM (SELECT id, next_attempt_at FROM due
              ORDER BY next_attempt_at, id LIMIT $4)
 RETURNING id, kind, dedupe_key, company_id, connection_id, payload, attempts, max_attempts"""
 _CLAIM = sql(_CLAIM_FROM.format(kinds=""))
-_CLAIM_KINDS = sql(_CLAIM_FROM.format(
-    kinds=f" AND j.kind IN ({', '.join(repr(k.value) for k in JobKind if k not in CODAT_JOBS)})"))
+_CLAIM_KINDS = sql(_CLAIM_FROM.format(kinds=f" AND j.{NOT_CODAT_JOBS_SQL}"))
 
 _RENEW = sql("""
 UPDATE outbox SET lease_until = $3 WHERE id = $1 AND locked_by = $2 AND status = 'running'
