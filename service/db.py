@@ -137,7 +137,9 @@ class Database(ABC):
     async def start(self) -> None: ...
 
     @abstractmethod
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Commit the writes queued or under way (a drain: none of them fails for the close),
+        then let go of the database."""
 
     @abstractmethod
     async def write(self, work: Work[T], *, affinity: str | None = None) -> T:
@@ -547,6 +549,9 @@ class PostgresDatabase(Database):
         self._max_batch = max_batch
         self._queues: list[asyncio.Queue[_Pending | None]] = []
         self._batchers: list[asyncio.Task[None]] = []
+        self._writing = 0  # writes under way outside the batchers (close waits for them)
+        self._written = asyncio.Event()
+        self._written.set()
         self._commit_callbacks = []
 
     async def start(self) -> None:
@@ -570,6 +575,7 @@ class PostgresDatabase(Database):
         if self._batchers:
             await asyncio.gather(*self._batchers, return_exceptions=True)
         self._queues, self._batchers = [], []
+        await self._written.wait()  # and the writes already under way, before the pools go
         for pool in (self._batch_pool, self._pool):
             if pool is not None:
                 await pool.close()
@@ -651,12 +657,19 @@ class PostgresDatabase(Database):
         return rest
 
     async def _write_alone(self, work: Work[T], *, pool: asyncpg.Pool | None = None) -> T:
-        for attempt in range(5):
-            try:
-                return await self._run(work, transaction=True, pool=pool)
-            except Contended:
-                await asyncio.sleep(random.uniform(0, 0.02 * 2**attempt))
-        raise DatabaseUnavailable("PostgreSQL kept reporting deadlocks; try again")
+        self._writing += 1
+        self._written.clear()
+        try:
+            for attempt in range(5):
+                try:
+                    return await self._run(work, transaction=True, pool=pool)
+                except Contended:
+                    await asyncio.sleep(random.uniform(0, 0.02 * 2**attempt))
+            raise DatabaseUnavailable("PostgreSQL kept reporting deadlocks; try again")
+        finally:
+            self._writing -= 1
+            if not self._writing:
+                self._written.set()
 
     async def read(self, work: Work[T]) -> T:
         return await self._run(work, transaction=False)
