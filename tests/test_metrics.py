@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.app import build_worker, create_app
@@ -195,3 +196,25 @@ def test_minute_counts_forget_what_is_older_than_their_window() -> None:
     assert counts.per_minute(since=0, until=120) == {0: {"a": 2}, 1: {"b": 1}}
     counts.add("c", at=60 * 11)  # minute 11: minutes 0 and 1 are out of the window
     assert counts.per_minute(since=0, until=60 * 12) == {11: {"c": 1}}
+
+
+async def test_the_webhook_route_answered_directly_still_answers_a_bug_with_500_and_counts_it(
+        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    # POST /webhooks/codat skips the router (service/timing.py); an exception the receiver
+    # does not answer itself still meets the server-error middleware, and the latency metric.
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in the parser")
+    monkeypatch.setattr("service.receiver.examine", broken)
+    body = connection_body("connection.created", company_id=new_id(), connection_id=new_id(),
+                           status="PendingAuth", generated=at(0))
+    transport = httpx.ASGITransport(app=service.app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        answer = await client.post("/webhooks/codat", content=body, headers=sign(body))
+        assert answer.status_code == 500
+        # Another method on the same path goes through the router, as any other route.
+        wrong = await client.get("/webhooks/codat")
+        assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    m = samples((await service.client.get("/metrics")).text)
+    assert value(m, "codat_hooks_request_seconds_count", route="/webhooks/codat",
+                 status="5xx") == 1
+    assert await service.count("deliveries") == 0  # nothing acknowledged, nothing stored
