@@ -93,14 +93,21 @@ _STATEMENT = sql(f"""
 WITH m AS (
     SELECT * FROM json_to_recordset($2::json)
         AS m({', '.join(f'{c} {t}' for c, t in _COLUMNS)})
+), locked AS (
+    -- Each stored company of the batch, KEY SHARE locked before any connection is written, and
+    -- its company.deleted key as it is once locked: a company.deleted under way (it holds the
+    -- company FOR UPDATE while it lists the connections, see store.delete_company) is waited
+    -- for and seen here, or waits for this statement and then finds its connections.
+    SELECT co.id, co.deleted_key FROM companies co
+    WHERE co.id IN (SELECT company_id FROM m) ORDER BY co.id FOR KEY SHARE
 ), seen AS (
     -- What the snapshot holds of each message and company.
     SELECT m.ord, s.body_sha256 AS stored_sha256, s.outcome AS stored_outcome,
-        co.id IS NOT NULL AS company_known, co.deleted_key, co.name AS co_name,
+        co.id IS NOT NULL AS company_known, lk.deleted_key, co.name AS co_name,
         co.description AS co_description, CAST(co.tags AS TEXT) AS co_tags,
         co.last_event_at AS co_last_event_at
     FROM m LEFT JOIN deliveries s ON s.message_id = m.message_id
-    LEFT JOIN companies co ON co.id = m.company_id
+    LEFT JOIN companies co ON co.id = m.company_id LEFT JOIN locked lk ON lk.id = m.company_id
 ), fresh AS (
     INSERT INTO deliveries (message_id, msg_timestamp, event_id, event_type, company_id,
         connection_id, body, body_sha256, headers, secret_id, received_at, processed_at,

@@ -63,11 +63,18 @@ class Sql:
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
 
+_LOCKS = {"{lock}": " FOR UPDATE", "{skip_locked}": " FOR UPDATE SKIP LOCKED",
+          "{key_share}": " FOR KEY SHARE"}
+
+
 def sql(text: str) -> Sql:
-    """Build a statement from portable text with ``$n`` placeholders and ``{lock}`` markers
-    (``IS DISTINCT FROM`` is written as SQLite's ``IS NOT`` there)."""
-    pg = text.replace("{lock}", " FOR UPDATE").replace("{skip_locked}", " FOR UPDATE SKIP LOCKED")
-    lite = _PLACEHOLDER.sub(r"?\1", text.replace("{lock}", "").replace("{skip_locked}", ""))
+    """Build a statement from portable text with ``$n`` placeholders and row-lock markers
+    (``{lock}``, ``{skip_locked}``, ``{key_share}``: nothing on SQLite, whose one writer
+    serialises writes; ``IS DISTINCT FROM`` is written as SQLite's ``IS NOT`` there)."""
+    pg = lite = text
+    for marker, clause in _LOCKS.items():
+        pg, lite = pg.replace(marker, clause), lite.replace(marker, "")
+    lite = _PLACEHOLDER.sub(r"?\1", lite)
     lite = lite.replace(" IS DISTINCT FROM ", " IS NOT ")  # SQLite's null-safe comparison
     return Sql(pg=pg, sqlite=lite)
 

@@ -220,10 +220,14 @@ async def apply_event(tx: Tx, examined: Examined, *, delivery_id: str | None,
         word = word_of_event(event, delivery_id=delivery_id, evidence=examined.evidence)
         applied.add(event.connection.id, await store.apply_word(tx, word, now=now))
     elif isinstance(event, CompanyEvent):
+        key = (order_key(State.DELETED, event.meta.generated, event.meta.event_id)
+               if event.kind is CompanyEventKind.DELETED and event.meta.generated is not None
+               else None)
+        if key is not None:  # before any other lock (see store.delete_company)
+            await store.lock_company(tx, company=event.company.id)
         await store.upsert_company(tx, company=event.company, event_time=event.meta.generated_at,
                                    now=now)
-        if event.kind is CompanyEventKind.DELETED and event.meta.generated is not None:
-            key = order_key(State.DELETED, event.meta.generated, event.meta.event_id)
+        if key is not None:
             for connection_id, verdict in await store.delete_company(
                     tx, company=event.company.id, key=key, now=now):
                 applied.add(connection_id, [verdict])

@@ -182,7 +182,10 @@ async def upsert_company(tx: Tx, *, company: CompanyInfo, event_time: datetime |
 
 _CONNECTION = sql("""
 SELECT status, deleted, event_key, platform_key FROM connections WHERE id = $1{lock}""")
-_COMPANY_DELETED_KEY = sql("SELECT deleted_key FROM companies WHERE id = $1")
+# KEY SHARE: a company.deleted under way (it holds the company FOR UPDATE while it lists the
+# company's connections, see delete_company) either is seen here or waits for this
+# transaction, and then finds its connection: neither misses the other.
+_COMPANY_DELETED_KEY = sql("SELECT deleted_key FROM companies WHERE id = $1{key_share}")
 
 # What a word says of the connection besides its state ($9 on); NULL keeps what is known.
 _DETAILS = """platform_name = COALESCE($9, platform_name),
@@ -220,6 +223,7 @@ WHERE id = $1
 RETURNING bill_pay_checked_at = $3 AND NOT bill_pay_ready AS unready""")
 _COMPANY_CONNECTIONS = sql("""
 SELECT id FROM connections WHERE company_id = $1 ORDER BY id{lock}""")
+_LOCK_COMPANY = sql("SELECT id FROM companies WHERE id = $1{lock}")
 
 
 def _stored(row: Row | None) -> Stored:
@@ -321,10 +325,22 @@ async def _record(tx: Tx, word: Word, verdict: Verdict, exists: bool, platform: 
     return True
 
 
+async def lock_company(tx: Tx, *, company: str) -> None:
+    """Hold the company's row FOR UPDATE (if it is stored) until the transaction ends: what
+    company.deleted does before anything else (see :func:`delete_company`)."""
+    await tx.fetch(_LOCK_COMPANY, company)
+
+
 async def delete_company(tx: Tx, *, company: str, key: str, now: datetime,
                          ) -> list[tuple[str, Verdict]]:
     """Record company.deleted (its order key ``key``) and delete each connection of the company
-    we know; a connection heard of later is deleted when it is (see :func:`apply_word`)."""
+    we know; a connection heard of later is deleted when it is (see :func:`apply_word`).
+
+    The caller holds the company row FOR UPDATE (:func:`lock_company`), taken before any other
+    lock of this transaction. A word of a connection first heard of now holds it FOR KEY SHARE
+    while it reads the company (:data:`_COMPANY_DELETED_KEY`, and the batch statement of
+    service/batch.py): it waits for this transaction and then finds the company deleted, or this
+    one waits for it and the list below, read after, holds its connection."""
     connections = [r["id"] for r in await tx.fetch(_COMPANY_CONNECTIONS, company)]  # locked
     if await tx.fetchrow(_DELETE_COMPANY, company, now, key) is None:
         return []  # deleted before: this is the same word again
